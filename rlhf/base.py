@@ -1,0 +1,147 @@
+"""base: the model every training stage starts from, and the tokenizer every stage shares.
+
+`model.name` is one of
+- `builtin:tiny`: a small Llama-style model built from `model.tiny` (LlamaConfig fields) with a byte-level BPE
+  tokenizer trained on the prepared training text, then pretrained briefly on the training conversations (chosen
+  and rejected alike), the way a real base model has seen text of every quality. Saved with `save_pretrained`.
+- a local model folder or a hub id: loaded with `from_pretrained`. Only the tokenizer is saved here; the weights stay
+  where they are (never copied into the DVC cache) and `base.json` records what to load: the hub id with its resolved
+  commit, or the local path with a fingerprint that later stages check.
+"""
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rlhf.config import Model
+from rlhf.io import UserError
+
+# ChatML, used for models whose tokenizer has no chat template. The prompt rendered with add_generation_prompt is a
+# prefix of prompt + answer, so the tokenize stage can split prompt and completion exactly.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+BASE_FILE = "base.json"
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on `texts`, with ChatML special tokens; <|im_end|> ends a turn (EOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token=None, chat_template=FALLBACK_CHAT_TEMPLATE, model_max_length=4096)
+
+
+def build_tiny(train_rows: list[dict], cfg: Model, seed: int, out: Path) -> dict:
+    """Train the tokenizer, build and pretrain the tiny model, save both to `out`; returns the pretrain stats."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    texts = [m["content"] for row in train_rows for key in ("prompt", "chosen", "rejected") for m in row[key]]
+    tokenizer = build_tokenizer(texts, cfg.tiny.vocab_size)
+    torch.manual_seed(seed)
+    config = LlamaConfig(**vars(cfg.tiny) | {"vocab_size": len(tokenizer)}, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    model = LlamaForCausalLM(config)
+    stats = pretrain(model, tokenizer, train_rows, cfg, seed)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return stats
+
+
+def pretrain(model, tokenizer, train_rows: list[dict], cfg: Model, seed: int) -> dict:
+    """Causal-LM training on every training conversation (prompt + chosen, prompt + rejected)."""
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    texts = [tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=False)
+             for row in train_rows for key in ("chosen", "rejected")]
+    limit = model.config.max_position_embeddings
+    data = Dataset.from_dict({"text": texts}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=limit), batched=True, remove_columns=["text"])
+    if cfg.pretrain.max_steps == 0:
+        return {"pretrain_steps": 0}
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    with tempfile.TemporaryDirectory(prefix="pretrain-") as scratch:  # nothing to keep: the stage saves the model
+        args = TrainingArguments(
+            output_dir=scratch, max_steps=cfg.pretrain.max_steps, learning_rate=cfg.pretrain.learning_rate,
+            per_device_train_batch_size=cfg.pretrain.per_device_train_batch_size, lr_scheduler_type="cosine",
+            warmup_steps=cfg.pretrain.max_steps // 10, weight_decay=0.0, seed=seed, data_seed=seed,
+            save_strategy="no", report_to=[], logging_steps=max(1, cfg.pretrain.max_steps // 10),
+            use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        )
+        result = Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
+    return {"pretrain_steps": cfg.pretrain.max_steps, "pretrain_loss": round(result.training_loss, 6)}
+
+
+def resolve_pretrained(cfg: Model, out: Path) -> dict:
+    """Check that a local or hub model loads, save its tokenizer to `out`; returns what later stages load."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = Path(cfg.name).expanduser()
+    local = path.is_dir()
+    if not local and cfg.name.startswith((".", "/", "~")):
+        raise UserError(f"model.name = {cfg.name!r}: no such folder. Give a model folder holding "
+                                "config.json, or a hub id.")
+    try:
+        config = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.name, revision=cfg.revision)
+    except (OSError, ValueError) as err:
+        raise UserError(f"model.name = {cfg.name!r} (revision {cfg.revision!r}) could not be loaded: {' '.join(str(err).split())} Without "
+                      "network access, give a local folder that holds config.json, the weights and the tokenizer."
+                      ) from None
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(out)
+    if local:
+        return {"kind": "local", "path": str(path.resolve()), "fingerprint": fingerprint(path)}
+    return {"kind": "hub", "name": cfg.name, "revision": getattr(config, "_commit_hash", None) or cfg.revision}
+
+
+def fingerprint(folder: Path) -> str:
+    """A quick content fingerprint of a model folder: names, sizes, and the first and last MiB of each file."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(folder)}:{size}".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def weights_location(base_dir: str | Path) -> tuple[str, str | None]:
+    """(name or path, revision) to pass to `from_pretrained` for the base model recorded in `base_dir`."""
+    base_dir = Path(base_dir)
+    info = json.loads((base_dir / BASE_FILE).read_text())["weights"]
+    if info["kind"] == "builtin":
+        return str(base_dir), None
+    if info["kind"] == "local":
+        if fingerprint(Path(info["path"])) != info["fingerprint"]:
+            raise UserError(f"the base model folder {info['path']} changed since the base stage recorded it. "
+                               "Run `dvc repro -f -s base` to record the new weights (and retrain what follows).")
+        return info["path"], None
+    return info["name"], info["revision"]
+
+
+def load_tokenizer(base_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_dir)

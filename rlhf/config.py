@@ -1,0 +1,222 @@
+"""The one typed, validated view of params.yaml that every stage reads.
+
+Each section is a small dataclass whose field names are the keys in params.yaml (and, where a library has a name for
+the knob, the library's name). `load()` checks every key, type and range before any work starts and raises
+ConfigError naming the key, the bad value and what is allowed.
+"""
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlhf.io import UserError
+
+METHODS = ("dpo", "orpo", "ppo", "simpo", "kto", "grpo")
+# Column names the formats in rlhf/formats.py read; data.columns maps them to a dataset's own names.
+COLUMN_ROLES = ("id", "prompt", "chosen", "rejected", "response_a", "response_b", "winner",
+                "conversations", "conversation_a", "conversation_b")
+
+
+class ConfigError(UserError, ValueError):
+    """A bad params.yaml: the message names the key, the value and what is allowed."""
+
+
+def _range(low=None, high=None, low_open=False, high_open=False):
+    """Field metadata: the allowed numeric range, checked by load()."""
+    return {"range": (low, high, low_open, high_open)}
+
+
+@dataclass
+class Builtin:
+    num_pairs: int = field(default=2000, metadata=_range(10))
+    label_noise: float = field(default=0.0, metadata=_range(0.0, 0.5))
+
+
+@dataclass
+class Data:
+    source: str = "builtin:sentiment"
+    name: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    sample_ratio: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
+    max_rows: int | None = field(default=None, metadata=_range(1))
+    on_bad_rows: Literal["error", "skip"] = "error"
+    builtin: Builtin = field(default_factory=Builtin)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.columns) - set(COLUMN_ROLES))
+        if unknown:
+            raise ConfigError(
+                f"params.yaml: data.columns has unknown key(s) {unknown}; its keys are the names this pipeline expects "
+                f"({', '.join(COLUMN_ROLES)}) and its values your dataset's column names, "
+                "e.g. {prompt: question, chosen: response_j, rejected: response_k}."
+            )
+
+
+@dataclass
+class Prepare:
+    validation_size: float | int = field(default=0.1, metadata=_range(0.0, low_open=True))
+    max_prompt_chars: int = field(default=8000, metadata=_range(1))
+    max_response_chars: int = field(default=8000, metadata=_range(1))
+    drop_duplicates: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.validation_size, float) and self.validation_size >= 1:
+            raise ConfigError(
+                f"params.yaml: prepare.validation_size = {self.validation_size} is a fraction and must be below 1; "
+                "write a whole number (e.g. 200) for a row count."
+            )
+
+
+@dataclass
+class TinyModel:
+    # LlamaConfig field names, passed straight through.
+    vocab_size: int = field(default=512, metadata=_range(64))
+    hidden_size: int = field(default=64, metadata=_range(8))
+    intermediate_size: int = field(default=256, metadata=_range(8))
+    num_hidden_layers: int = field(default=2, metadata=_range(1))
+    num_attention_heads: int = field(default=4, metadata=_range(1))
+    max_position_embeddings: int = field(default=512, metadata=_range(16))
+
+
+@dataclass
+class Pretrain:
+    max_steps: int = field(default=300, metadata=_range(0))
+    learning_rate: float = field(default=3e-3, metadata=_range(0.0, low_open=True))
+    per_device_train_batch_size: int = field(default=32, metadata=_range(1))
+
+
+@dataclass
+class Model:
+    name: str = "builtin:tiny"
+    revision: str | None = None
+    tiny: TinyModel = field(default_factory=TinyModel)
+    pretrain: Pretrain = field(default_factory=Pretrain)
+
+
+@dataclass
+class Tokenize:
+    max_prompt_length: int = field(default=256, metadata=_range(1))
+    max_completion_length: int = field(default=256, metadata=_range(1))
+    overlong: Literal["truncate", "drop"] = "truncate"
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    method: Literal[METHODS] = "dpo"
+    data: Data = field(default_factory=Data)
+    prepare: Prepare = field(default_factory=Prepare)
+    model: Model = field(default_factory=Model)
+    tokenize: Tokenize = field(default_factory=Tokenize)
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Parse and validate params.yaml; raise ConfigError before any work starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found. Run the stages from the repository root, where params.yaml lives.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err}). Fix the syntax and run again.") from None
+    return _build(Params, raw, "", path)
+
+
+def _build(cls, raw: Any, prefix: str, path: Path):
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {where} must be a mapping of keys to values, got {raw!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{path}: unknown key '{prefix}{key}'.{hint} Allowed keys in {where}: {', '.join(fields)}. "
+                "Fix the spelling in params.yaml (with `dvc exp run -S`, only keys already in params.yaml can be set)."
+            )
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = prefix + name
+        values[name] = _convert(hints[name], raw[name], key, path)
+        if "range" in f.metadata and values[name] is not None:
+            _check_range(values[name], f.metadata["range"], key, path)
+    return cls(**values)
+
+
+def _convert(hint, value, key: str, path: Path):
+    """Check `value` against the type hint and return it (converted where YAML is ambiguous, e.g. '1e-5')."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".", path)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in sorted(args, key=lambda a: a is float):  # try int before float so 5 stays an int
+            try:
+                return _convert(option, value, key, path)
+            except ConfigError as err:
+                errors.append(err)
+        raise _type_error(key, value, " or ".join(_type_name(a) for a in args), path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{path}: {key} = {value!r} is not allowed; choose one of: {', '.join(map(str, args))}."
+            )
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise _type_error(key, value, "null", path)
+        return None
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise _type_error(key, value, "a mapping of strings to strings", path)
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, args[0]) for v in value):
+            raise _type_error(key, value, f"a list of {_type_name(args[0])}", path)
+        return list(value)
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _type_error(key, value, "a number", path)
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, value, "an integer", path)
+    if not isinstance(value, hint):
+        raise _type_error(key, value, _type_name(hint), path)
+    return value
+
+
+def _check_range(value, bounds, key: str, path: Path):
+    low, high, low_open, high_open = bounds
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
+        hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
+        raise ConfigError(f"{path}: {key} = {value!r} is out of range; allowed: {lo}{key}{hi}.")
+
+
+def _type_name(hint) -> str:
+    names = {str: "a string", bool: "true or false", int: "an integer", float: "a number", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _type_error(key: str, value, expected: str, path: Path) -> ConfigError:
+    return ConfigError(f"{path}: {key} = {value!r} has the wrong type; expected {expected}.")

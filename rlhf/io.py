@@ -1,0 +1,83 @@
+"""Atomic outputs and small file helpers shared by the stages.
+
+DVC deletes a stage's outputs before running it and does not clean up after a failed command, so every output is
+written to a temporary sibling and renamed into place only once it is complete: a failed stage leaves nothing that a
+later stage could take for a good result.
+"""
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a fresh temporary directory that replaces `path` only if the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_jsonl(path: str | Path, rows) -> int:
+    """Write rows as JSON lines (not atomic on its own: call inside atomic_dir). Returns the row count."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class UserError(Exception):
+    """Bad input or settings: the message says what is wrong and what to do. Stages print it without a traceback."""
+
+
+def run(main) -> None:
+    """Run a stage's main(), turning a UserError into a one-paragraph message and exit status 1."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def provenance(**params) -> dict:
+    """What made an output: the resolved params it used and the versions of the libraries involved."""
+    import dataclasses
+    import importlib.metadata as md
+    import platform
+
+    params = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in params.items()}
+    packages = ("torch", "transformers", "trl", "peft", "datasets", "tokenizers", "accelerate", "dvc")
+    versions = {name: md.version(name) for name in packages}
+    return {"params": params, "python": platform.python_version(), "versions": versions}

@@ -1,0 +1,31 @@
+"""fetch: read `data.source` into canonical preference rows (see rlhf/fetch.py).
+
+    python -m stages.fetch --out data/fetched
+
+Writes OUT/rows.jsonl and OUT/fetch.json (counts of rows read, sampled out and skipped, with reasons, and where the
+data came from). The prepare stage folds those counts into metrics/data.json.
+"""
+import argparse
+
+from rlhf import config, fetch
+from rlhf.io import atomic_dir, provenance, run, write_json, write_jsonl
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Read data.source into canonical preference rows.")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args()
+    params = config.load()
+
+    rows, stats = fetch.fetch(params.data, params.seed)
+    if not rows:
+        raise fetch.DataError(f"data.source = {params.data.source!r} gave no usable rows: {stats}. Check the source "
+                              "and data.sample_ratio / data.max_rows.")
+    with atomic_dir(args.out) as tmp:
+        write_jsonl(tmp / "rows.jsonl", rows)
+        write_json(tmp / "fetch.json", {**stats, "provenance": provenance(seed=params.seed, data=params.data)})
+    print(f"fetch: {len(rows)} rows from {params.data.source} -> {args.out}")
+
+
+if __name__ == "__main__":
+    run(main)

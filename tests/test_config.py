@@ -1,0 +1,78 @@
+"""params.yaml validation: every mistake is caught before work starts, with the key named."""
+import dataclasses
+
+import pytest
+import yaml
+
+from rlhf import config
+from rlhf.config import ConfigError
+from conftest import REPO
+
+
+def test_repo_params_load_and_cover_every_field():
+    """params.yaml sets every config field explicitly, so no hidden default in code decides a result."""
+    params = config.load(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def walk(obj, node, prefix):
+        for f in dataclasses.fields(obj):
+            assert f.name in node, f"params.yaml lacks {prefix}{f.name}"
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, node[f.name], f"{prefix}{f.name}.")
+
+    walk(params, raw, "")
+
+
+def test_misspelled_key_names_key_and_suggests(params_file):
+    path = params_file({"data.sampel_ratio": 0.5})
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.sampel_ratio'.*Did you mean 'data\.sample_ratio'"):
+        config.load(path)
+
+
+def test_unknown_top_level_key(params_file):
+    with pytest.raises(ConfigError, match=r"unknown key 'seeed'.*Allowed keys in the top level: seed"):
+        config.load(params_file({"seeed": 1}))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("seed", "zero", r"seed = 'zero' has the wrong type; expected an integer"),
+    ("seed", True, r"seed = True has the wrong type"),
+    ("data.sample_ratio", 1.5, r"data\.sample_ratio = 1\.5 is out of range; allowed: 0\.0 < data\.sample_ratio <= 1"),
+    ("data.sample_ratio", 0, r"out of range"),
+    ("data.max_rows", 0, r"data\.max_rows = 0 is out of range"),
+    ("data.on_bad_rows", "ignore", r"data\.on_bad_rows = 'ignore' is not allowed; choose one of: error, skip"),
+    ("method", "dpoo", r"method = 'dpoo' is not allowed; choose one of: dpo, orpo, ppo"),
+    ("data.builtin.label_noise", 0.7, r"data\.builtin\.label_noise = 0\.7 is out of range"),
+    ("data.columns", {"prompt": 3}, r"data\.columns = .* expected a mapping of strings to strings"),
+    ("data.columns", {"promt": "q"}, r"data\.columns has unknown key\(s\) \['promt'\]"),
+    ("tokenize.overlong", "cut", r"tokenize\.overlong = 'cut' is not allowed"),
+    ("prepare.validation_size", 1.0, r"prepare\.validation_size = 1\.0 is a fraction and must be below 1"),
+    ("prepare.validation_size", "ten", r"prepare\.validation_size = 'ten' has the wrong type; expected a number or an integer"),
+    ("model", "tiny", r"model must be a mapping"),
+])
+def test_bad_values_name_key_value_and_allowed(params_file, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(params_file({key: value}))
+
+
+def test_yaml_scientific_notation_without_dot_is_a_number(params_file):
+    """PyYAML reads 3e-3 as a string; a float field accepts it."""
+    path = params_file()
+    path.write_text(path.read_text().replace("learning_rate: 0.003", "learning_rate: 3e-3"))
+    assert "3e-3" in path.read_text()
+    assert config.load(path).model.pretrain.learning_rate == pytest.approx(3e-3)
+
+
+def test_validation_size_int_stays_count(params_file):
+    assert config.load(params_file({"prepare.validation_size": 50})).prepare.validation_size == 50
+    assert isinstance(config.load(params_file({"prepare.validation_size": 0.2})).prepare.validation_size, float)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(bad)

@@ -1,0 +1,99 @@
+"""End to end: `dvc repro` of the data stages in a temporary copy of the repo, and DVC's caching behaviour."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+COPY = ["dvc.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvcignore"]
+
+
+def sh(cwd, *args, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def ran(proc) -> list[str]:
+    return [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
+
+
+def set_params(repo: Path, **dotted):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in dotted.items():
+        *parents, last = key.split("__")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC copy of the project with small data and a short pretraining, after one full `dvc repro`."""
+    root = tmp_path_factory.mktemp("pipeline")
+    for name in COPY:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    set_params(root, data__builtin__num_pairs=240, model__pretrain__max_steps=10)
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    first = sh(root, "dvc", "repro")
+    assert ran(first) == ["fetch", "prepare", "base", "tokenize"]
+    return root
+
+
+def test_outputs_and_metrics(repo):
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["rows_read"] == 240 and data["train_rows"] + data["validation_rows"] == data["rows_fetched"] - sum(
+        v for k, v in data.items() if k.startswith("dropped_") and k != "dropped_tie")
+    tok = json.loads((repo / "metrics/tokenize.json").read_text())
+    assert tok["train"]["rows_out"] == data["train_rows"]
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(repo / "data/tokenized"))
+    assert set(splits) == {"train", "validation"}
+    assert splits["train"].column_names == ["id", "prompt_ids", "chosen_ids", "rejected_ids"]
+    lengths = [len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in splits["validation"]]
+    assert lengths == sorted(lengths, reverse=True)
+    assert (repo / "models/base/model.safetensors").exists() and (repo / "models/base/base.json").exists()
+    assert not list(repo.rglob("*.tmp-*"))
+
+
+def test_second_repro_runs_nothing(repo):
+    again = sh(repo, "dvc", "repro")
+    assert ran(again) == []
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+
+def test_tokenize_param_reruns_only_tokenize(repo):
+    set_params(repo, tokenize__max_prompt_length=64)
+    assert ran(sh(repo, "dvc", "repro")) == ["tokenize"]
+
+
+def test_bad_param_fails_cleanly_and_cache_restores(repo):
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("sample_ratio:", "sampel_ratio:"))
+    failed = sh(repo, "dvc", "repro", check=False)
+    assert failed.returncode != 0
+    assert "unknown key 'data.sampel_ratio'. Did you mean 'data.sample_ratio'?" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (repo / "data/fetched").exists()  # nothing half-written that a later stage could use
+    (repo / "params.yaml").write_text(params)
+    sh(repo, "dvc", "checkout")  # the last good outputs come back from the cache
+    assert (repo / "data/fetched/rows.jsonl").exists()
+    assert ran(sh(repo, "dvc", "repro")) == []
