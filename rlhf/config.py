@@ -96,6 +96,8 @@ class Pretrain:
 class Model:
     name: str = "builtin:tiny"
     revision: str | None = None
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tiny: TinyModel = field(default_factory=TinyModel)
     pretrain: Pretrain = field(default_factory=Pretrain)
 
@@ -108,6 +110,50 @@ class Tokenize:
 
 
 @dataclass
+class Lora:
+    # peft.LoraConfig field names, passed straight through; null takes the value from compute.preset.
+    r: int | None = field(default=None, metadata=_range(1))
+    lora_alpha: int | None = field(default=None, metadata=_range(1))
+    lora_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, high_open=True))
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class Compute:
+    preset: Literal["auto", "low_memory", "standard", "cpu"] = "auto"
+
+
+@dataclass
+class Training:
+    # transformers/TRL TrainingArguments field names, passed straight through; null takes the value from
+    # compute.preset.
+    learning_rate: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
+    num_train_epochs: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    max_steps: int = field(default=-1, metadata=_range(-1))
+    per_device_train_batch_size: int | None = field(default=None, metadata=_range(1))
+    gradient_accumulation_steps: int | None = field(default=None, metadata=_range(1))
+    max_length: int | None = field(default=None, metadata=_range(1))
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_steps: int | float = field(default=0.1, metadata=_range(0.0))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    max_grad_norm: float = field(default=1.0, metadata=_range(0.0))
+    logging_steps: int = field(default=10, metadata=_range(1))
+    eval_steps: int = field(default=50, metadata=_range(1))
+    save_steps: int = field(default=100, metadata=_range(1))
+
+
+@dataclass
+class Reward(Training):
+    center_rewards_coefficient: float | None = field(default=None, metadata=_range(0.0))
+
+
+@dataclass
+class Tracking:
+    wandb: bool = False
+    wandb_project: str = "rlhf"
+
+
+@dataclass
 class Params:
     seed: int = 0
     method: Literal[METHODS] = "dpo"
@@ -115,6 +161,11 @@ class Params:
     prepare: Prepare = field(default_factory=Prepare)
     model: Model = field(default_factory=Model)
     tokenize: Tokenize = field(default_factory=Tokenize)
+    lora: Lora = field(default_factory=Lora)
+    compute: Compute = field(default_factory=Compute)
+    sft: Training = field(default_factory=Training)
+    reward: Reward = field(default_factory=Reward)
+    tracking: Tracking = field(default_factory=Tracking)
 
 
 def load(path: str | Path = "params.yaml") -> Params:

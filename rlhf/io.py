@@ -5,6 +5,7 @@ written to a temporary sibling and renamed into place only once it is complete: 
 later stage could take for a good result.
 """
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -34,8 +35,17 @@ def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_plain) + "\n")
     os.replace(tmp, path)
+
+
+def _plain(obj):
+    """JSON for the config dataclasses and paths that provenance records."""
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
 def read_json(path: str | Path):
@@ -73,11 +83,9 @@ def run(main) -> None:
 
 def provenance(**params) -> dict:
     """What made an output: the resolved params it used and the versions of the libraries involved."""
-    import dataclasses
     import importlib.metadata as md
     import platform
 
-    params = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in params.items()}
     packages = ("torch", "transformers", "trl", "peft", "datasets", "tokenizers", "accelerate", "dvc")
     versions = {name: md.version(name) for name in packages}
     return {"params": params, "python": platform.python_version(), "versions": versions}

@@ -26,7 +26,8 @@ def main():
             weights = {"kind": "builtin", **stats}
         else:
             weights = base.resolve_pretrained(params.model, tmp)
-        write_json(tmp / base.BASE_FILE, {"weights": weights, **provenance(seed=params.seed, model=params.model)})
+        made_by = {k: getattr(params.model, k) for k in ("name", "revision", "tiny", "pretrain")}
+        write_json(tmp / base.BASE_FILE, {"weights": weights, **provenance(seed=params.seed, model=made_by)})
     print(f"base: {params.model.name} -> {args.out} ({weights})")
 
 

@@ -23,7 +23,9 @@ def main():
                               "and data.sample_ratio / data.max_rows.")
     with atomic_dir(args.out) as tmp:
         write_jsonl(tmp / "rows.jsonl", rows)
-        write_json(tmp / "fetch.json", {**stats, "provenance": provenance(seed=params.seed, data=params.data)})
+        # No params here: dvc.lock records them, and a param change that leaves the rows as they were must not
+        # change this output's hash and so rerun every stage after it.
+        write_json(tmp / "fetch.json", {**stats, "versions": provenance()["versions"]})
     print(f"fetch: {len(rows)} rows from {params.data.source} -> {args.out}")
 
 

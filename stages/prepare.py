@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from rlhf import config, prepare
-from rlhf.io import atomic_dir, provenance, read_json, read_jsonl, run, write_json, write_jsonl
+from rlhf.io import atomic_dir, read_json, read_jsonl, run, write_json, write_jsonl
 
 
 def main():
@@ -29,7 +29,6 @@ def main():
     with atomic_dir(args.out) as tmp:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "validation.jsonl", validation)
-        write_json(tmp / "prepare.json", provenance(seed=params.seed, prepare=params.prepare))
     write_json(args.metrics, metrics)
     print(f"prepare: {len(rows)} rows -> {len(train)} train, {len(validation)} validation; {dropped}")
 

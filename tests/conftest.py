@@ -18,21 +18,59 @@ def messages(prompt: str, chosen: str, rejected: str, row_id: str = "r") -> dict
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
+TINY = {  # small enough for a few seconds per stage on 2 cores
+    "data.builtin.num_pairs": 200, "model.tiny.vocab_size": 300, "model.tiny.hidden_size": 32,
+    "model.tiny.intermediate_size": 64, "model.pretrain.max_steps": 30, "model.pretrain.per_device_train_batch_size": 16,
+    "sft.max_steps": 4, "sft.logging_steps": 1, "sft.eval_steps": 2, "sft.save_steps": 2,
+    "reward.max_steps": 4, "reward.logging_steps": 1, "reward.eval_steps": 2, "reward.save_steps": 2,
+}
+
+
+def write_params(path: Path, overrides: dict) -> Path:
+    """The repo's params.yaml with `overrides` (dotted keys) applied, written to `path`."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_stage(workdir: Path, name: str, *args: str) -> None:
+    """Run stages/<name>.py's main() in-process, in `workdir` (where its params.yaml is)."""
+    import contextlib
+    import importlib
+    import sys
+
+    module = importlib.import_module(f"stages.{name}")
+    argv = sys.argv
+    with contextlib.chdir(workdir):
+        sys.argv = [name, *args]
+        try:
+            module.main()
+        finally:
+            sys.argv = argv
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A work folder after the data stages on tiny settings: data/tokenized and models/base exist."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_params(root / "params.yaml", TINY)
+    run_stage(root, "fetch", "--out", "data/fetched")
+    run_stage(root, "prepare", "--fetched", "data/fetched", "--out", "data/prepared", "--metrics", "metrics/data.json")
+    run_stage(root, "base", "--prepared", "data/prepared", "--out", "models/base")
+    run_stage(root, "tokenize", "--prepared", "data/prepared", "--base", "models/base", "--out", "data/tokenized",
+              "--metrics", "metrics/tokenize.json")
+    return root
+
+
 @pytest.fixture
 def params_file(tmp_path):
     """Write a params.yaml from the repo's, with `overrides` applied as dotted keys; returns its path."""
-    import yaml
-
-    def write(overrides: dict | None = None, drop: str | None = None):
-        raw = yaml.safe_load((REPO / "params.yaml").read_text())
-        for dotted, value in (overrides or {}).items():
-            *parents, last = dotted.split(".")
-            node = raw
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[last] = value
-        path = tmp_path / "params.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        return path
-
-    return write
+    return lambda overrides=None: write_params(tmp_path / "params.yaml", overrides or {})

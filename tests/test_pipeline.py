@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TINY, write_params
 
 COPY = ["dvc.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvcignore"]
 
@@ -48,18 +48,18 @@ def repo(tmp_path_factory):
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dst)
-    set_params(root, data__builtin__num_pairs=240, model__pretrain__max_steps=10)
+    write_params(root / "params.yaml", TINY)
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     first = sh(root, "dvc", "repro")
-    assert ran(first) == ["fetch", "prepare", "base", "tokenize"]
+    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward"]
     return root
 
 
 def test_outputs_and_metrics(repo):
     data = json.loads((repo / "metrics/data.json").read_text())
-    assert data["rows_read"] == 240 and data["train_rows"] + data["validation_rows"] == data["rows_fetched"] - sum(
+    assert data["rows_read"] == 200 and data["train_rows"] + data["validation_rows"] == data["rows_fetched"] - sum(
         v for k, v in data.items() if k.startswith("dropped_") and k != "dropped_tie")
     tok = json.loads((repo / "metrics/tokenize.json").read_text())
     assert tok["train"]["rows_out"] == data["train_rows"]
@@ -83,6 +83,22 @@ def test_second_repro_runs_nothing(repo):
 def test_tokenize_param_reruns_only_tokenize(repo):
     set_params(repo, tokenize__max_prompt_length=64)
     assert ran(sh(repo, "dvc", "repro")) == ["tokenize"]
+
+
+def test_reward_param_reruns_only_reward(repo):
+    set_params(repo, reward__learning_rate=1.0e-3)
+    assert ran(sh(repo, "dvc", "repro")) == ["reward"]
+
+
+def test_lora_param_reruns_sft_and_reward(repo):
+    set_params(repo, lora__lora_dropout=0.1)
+    assert ran(sh(repo, "dvc", "repro")) == ["sft", "reward"]
+
+
+def test_tracking_switch_reruns_nothing(repo):
+    set_params(repo, tracking__wandb=True)
+    assert ran(sh(repo, "dvc", "repro")) == []
+    set_params(repo, tracking__wandb=False)
 
 
 def test_bad_param_fails_cleanly_and_cache_restores(repo):

@@ -1,0 +1,96 @@
+"""reward: a Bradley-Terry reward model, trained with TRL's RewardTrainer on (prompt, chosen, rejected).
+
+The scorer is the base model with the SFT adapter merged in, a one-output sequence-classification head reading the
+last non-padding token, and a new LoRA adapter (task type SEQ_CLS, which also trains the head)."""
+import time
+from pathlib import Path
+
+import torch
+
+from rlhf import base, scoring, tokenize, train
+from rlhf.config import Params
+from rlhf.io import read_json, write_json
+
+STATS_FILE = "reward_stats.json"
+
+
+def load_scorer(base_dir: str, sft_dir: str, cfg):
+    """Base model as a one-output scorer with the SFT adapter merged in (the starting point of the reward model)."""
+    from peft import PeftConfig, PeftModel
+
+    model = train.load_model(base_dir, cfg, task="reward")
+    adapter = PeftConfig.from_pretrained(sft_dir)
+    adapter.task_type = None  # a causal-LM adapter on a scorer: the same layers, no generation wrapper
+    return PeftModel.from_pretrained(model, sft_dir, config=adapter).merge_and_unload()
+
+
+def load_reward_model(base_dir: str, sft_dir: str, reward_dir: str, cfg):
+    """The trained reward model, ready to score, and its validation stats (for normalizing rewards)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_scorer(base_dir, sft_dir, cfg), reward_dir).eval()
+    return model, read_json(Path(reward_dir) / STATS_FILE)
+
+
+def pair_stats(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
+    """Accuracy (chosen scored above rejected; ties count as wrong), mean margin, and the score distribution that
+    later stages normalize rewards with. Inputs: (N,) scores of the chosen and rejected sequences."""
+    margin = chosen - rejected
+    scores = torch.cat([chosen, rejected])
+    return {
+        "accuracy": round((margin > 0).float().mean().item(), 6),
+        "mean_margin": round(margin.mean().item(), 6),
+        "score_mean": round(scores.mean().item(), 6),
+        "score_std": round(scores.std().item(), 6),
+        "chosen_mean": round(chosen.mean().item(), 6),
+        "rejected_mean": round(rejected.mean().item(), 6),
+    }
+
+
+def score_pairs(model, dataset, pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of prompt + chosen and prompt + rejected for every row of a tokenized split."""
+    rows = dataset.map(tokenize.reward_columns)
+    return (scoring.reward_scores(model, rows["chosen_ids"], pad_id, batch_size),
+            scoring.reward_scores(model, rows["rejected_ids"], pad_id, batch_size))
+
+
+def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out: str, checkpoints: str,
+               live_dir: str):
+    """Train, save the adapter, head, tokenizer and validation stats to `out`; returns (metrics, settings the preset
+    chose, model)."""
+    from transformers import set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    set_seed(params.seed)  # the new score head is initialized from the torch RNG
+    section, lora, chosen = train.resolve(params, params.reward, train.accelerator_memory_gb())
+    print(f"reward: settings after compute.preset: {chosen}")
+
+    # -- data: whole sequences (prompt included) for chosen and rejected
+    train_rows = train.load_split(tokenized, "train", section.max_length)
+    validation = train.load_split(tokenized, "validation", section.max_length)
+    train_data = train_rows.map(tokenize.reward_columns, remove_columns=["id", "prompt_ids"])
+    eval_data = validation.map(tokenize.reward_columns, remove_columns=["id", "prompt_ids"])
+
+    # -- model and trainer
+    tokenizer = base.load_tokenizer(base_dir)
+    model = load_scorer(base_dir, sft_dir, params.model)
+    report_to, callbacks = train.trackers(params.tracking, live_dir)
+    args = RewardConfig(**train.common_args(section, params.model, params.seed, train.fresh_dir(checkpoints),
+                                            report_to))
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
+                            processing_class=tokenizer, peft_config=train.lora_config(lora, "SEQ_CLS"),
+                            callbacks=callbacks)
+    if len(trainer.train_dataset) != len(train_rows):
+        raise RuntimeError(f"RewardTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
+
+    # -- train, measure on validation, save
+    start = time.time()
+    trainer.train()
+    wall = time.time() - start
+    model = trainer.model.eval()
+    stats = pair_stats(*score_pairs(model, validation, tokenizer.pad_token_id, section.per_device_train_batch_size))
+    trainer.save_model(out)
+    write_json(Path(out) / STATS_FILE, stats)
+    metrics = {"train_loss": train.last_logged(trainer.state.log_history, "loss"), **stats,
+               "steps": trainer.state.global_step, "train_seconds": round(wall, 2)}
+    return metrics, chosen, model

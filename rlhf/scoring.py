@@ -1,0 +1,49 @@
+"""Batched forward passes that later stages measure with: completion log-probabilities under a causal LM, and
+reward-model scores. Pure functions of (model, token ids); no training state."""
+import torch
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (batch, longest), padded on the right."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                        batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log p(completion token | everything before it) per sequence, and the completion token counts.
+
+    Shapes: two (N,) tensors. The prompt tokens are context only; their log-probabilities are not counted.
+    """
+    sums, counts = [], []
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        p, c = prompts[start:start + batch_size], completions[start:start + batch_size]
+        ids, mask = pad_right([a + b for a, b in zip(p, c)], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        targets = torch.zeros_like(mask[:, 1:], dtype=torch.bool)
+        for i, (a, b) in enumerate(zip(p, c)):
+            targets[i, len(a) - 1: len(a) + len(b) - 1] = True  # position t predicts token t + 1
+        sums.append((logps * targets).sum(-1).cpu())
+        counts.append(targets.sum(-1).cpu())
+    return torch.cat(sums), torch.cat(counts)
+
+
+@torch.no_grad()
+def reward_scores(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """Scalar reward per whole sequence (prompt + response), read by the model's head at the last non-pad
+    token. Shape (N,)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = pad_right(sequences[start:start + batch_size], pad_id)
+        out.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().cpu())
+    return torch.cat(out)

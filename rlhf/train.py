@@ -1,0 +1,187 @@
+"""What every training stage shares: the memory preset, hardware checks, model loading with LoRA / QLoRA, the
+tokenized data with its row check, and tracking (DVCLive always, Weights & Biases as an option)."""
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from rlhf import base, tokenize
+from rlhf.config import Lora, Model, Params, Training
+from rlhf.io import UserError, read_json
+
+# compute.preset: the values it fills in where params.yaml says null. Explicit values always win.
+PRESETS = {
+    "low_memory": {"r": 16, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8, "max_length": 1024},
+    "standard": {"r": 64, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "max_length": 2048},
+    # The embedded default on a laptop or CI machine: the tiny model, short sequences, big batches.
+    "cpu": {"r": 16, "per_device_train_batch_size": 32, "gradient_accumulation_steps": 1, "max_length": 512},
+}
+LOW_MEMORY_GB = 8  # below this much accelerator memory, `auto` picks low_memory
+
+
+def accelerator_memory_gb() -> float | None:
+    """Memory of the first CUDA device in GB, or None on a machine without one."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 1e9
+
+
+def choose_preset(preset: str, memory_gb: float | None) -> str:
+    """The preset `auto` stands for, given the accelerator memory (None: no accelerator)."""
+    if preset != "auto":
+        return preset
+    if memory_gb is None:
+        return "cpu"
+    return "low_memory" if memory_gb < LOW_MEMORY_GB else "standard"
+
+
+def resolve(params: Params, section: Training, memory_gb: float | None) -> tuple[Training, Lora, dict]:
+    """`section` and `params.lora` with every null filled from the preset, and a record of what was chosen."""
+    name = choose_preset(params.compute.preset, memory_gb)
+    values = PRESETS[name]
+    filled = {k: values[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length")
+              if getattr(section, k) is None}
+    section = dataclasses.replace(section, **filled)
+    r = params.lora.r or values["r"]
+    lora = dataclasses.replace(params.lora, r=r, lora_alpha=params.lora.lora_alpha or 2 * r)
+    chosen = {"preset": name, "accelerator_memory_gb": memory_gb and round(memory_gb, 1), "lora_r": lora.r,
+              "lora_alpha": lora.lora_alpha, "per_device_train_batch_size": section.per_device_train_batch_size,
+              "gradient_accumulation_steps": section.gradient_accumulation_steps, "max_length": section.max_length}
+    return section, lora, chosen
+
+
+def check_hardware(cfg: Model) -> None:
+    """Refuse, before anything is loaded, what this machine cannot do, and say what to set instead."""
+    cuda = torch.cuda.is_available()
+    if cfg.quantization != "none" and not cuda:
+        raise UserError(f"model.quantization = {cfg.quantization} needs a CUDA GPU (bitsandbytes k-bit layers), and "
+                        "this machine has none. Set model.quantization: none to train LoRA on full-precision weights, "
+                        "or run on a machine with a GPU.")
+    if cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("model.dtype = bfloat16, but this GPU does not support bf16. Set model.dtype: float16 "
+                        "(or auto).")
+    if cfg.dtype == "float16" and not cuda:
+        raise UserError("model.dtype = float16 needs a CUDA GPU for mixed precision. Set model.dtype: auto or float32 "
+                        "on this machine.")
+
+
+def torch_dtype(cfg: Model) -> torch.dtype:
+    if cfg.dtype == "auto":
+        if not torch.cuda.is_available():
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, cfg.dtype)
+
+
+def precision_args(cfg: Model) -> dict:
+    """TrainingArguments for mixed precision (TRL's configs default bf16 on: set it explicitly)."""
+    dtype = torch_dtype(cfg)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": not torch.cuda.is_available()}
+
+
+def load_model(base_dir: str | Path, cfg: Model, task: str = "causal"):
+    """The base model recorded in `base_dir`, for causal LM (`causal`) or as a one-output scorer (`reward`),
+    quantized with bitsandbytes if model.quantization asks for it."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    check_hardware(cfg)
+    name, revision = base.weights_location(base_dir)
+    dtype = torch_dtype(cfg)
+    kwargs = {"revision": revision, "dtype": dtype}
+    if cfg.quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    elif cfg.quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if task == "causal":
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **kwargs)
+    if model.config.pad_token_id is None:  # the reward head reads the last non-padding token
+        model.config.pad_token_id = base.load_tokenizer(base_dir).pad_token_id
+    if cfg.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    return model
+
+
+def lora_config(lora: Lora, task_type: str):
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=task_type, **dataclasses.asdict(lora))
+
+
+def load_split(tokenized: str | Path, split: str, max_length: int):
+    """One tokenized split, checked against the manifest, and refused if any row would not fit `max_length`
+    (the trainers would truncate or drop it without saying so)."""
+    from datasets import load_from_disk
+
+    manifest = read_json(Path(tokenized) / tokenize.MANIFEST)
+    # In memory: a dataset mapped while backed by files writes cache files beside them, inside a DVC output.
+    dataset = load_from_disk(str(tokenized), keep_in_memory=True)[split]
+    tokenize.check_rows(dataset, manifest, split)
+    if manifest[split]["max_length"] > max_length:
+        raise UserError(
+            f"the longest {split} pair is {manifest[split]['max_length']} tokens but the training max_length is "
+            f"{max_length}: the trainer would cut or drop rows. Raise max_length in params.yaml, or lower "
+            "tokenize.max_prompt_length + tokenize.max_completion_length."
+        )
+    return dataset
+
+
+def trackers(tracking, live_dir: str | Path) -> tuple[list[str], list]:
+    """(report_to, callbacks): DVCLive into `live_dir`, plus offline-capable wandb when tracking.wandb is on.
+    A missing or unreachable backend never stops a run."""
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    report_to = []
+    if tracking.wandb:
+        try:
+            import wandb  # noqa: F401
+
+            os.environ.setdefault("WANDB_MODE", "offline")  # sync later with `wandb sync`, if wanted
+            os.environ.setdefault("WANDB_PROJECT", tracking.wandb_project)
+            os.environ.setdefault("WANDB_SILENT", "true")
+            report_to.append("wandb")
+        except ImportError:
+            print("warning: tracking.wandb is on but wandb is not installed; logging to DVCLive only")
+    return report_to, [DVCLiveCallback(live=live)]
+
+
+def common_args(section: Training, cfg: Model, seed: int, checkpoints: str | Path, report_to: list[str]) -> dict:
+    """TrainingArguments shared by every training stage: the params section plus what we pin for
+    reproducibility, checkpointing and CPU runs."""
+    return {
+        **dataclasses.asdict(section),
+        **precision_args(cfg),
+        "output_dir": str(checkpoints),
+        "seed": seed,
+        "data_seed": seed,
+        "save_strategy": "steps",
+        "save_total_limit": 2,
+        "eval_strategy": "steps",
+        "per_device_eval_batch_size": section.per_device_train_batch_size,
+        "report_to": report_to,
+        "activation_checkpointing": False,  # TRL turns it on by default; it only costs time on small models
+        "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": "all",
+        "disable_tqdm": False,
+    }
+
+
+def fresh_dir(path: str | Path) -> Path:
+    """An empty folder (checkpoints from an earlier run with other params must not leak into this one)."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def last_logged(log_history: list[dict], key: str) -> float | None:
+    values = [entry[key] for entry in log_history if key in entry]
+    return values[-1] if values else None

@@ -1,0 +1,37 @@
+"""reward: train a Bradley-Terry reward model on top of the SFT model (see rlhf/reward.py).
+
+    python -m stages.reward --tokenized data/tokenized --base models/base --sft models/sft --out models/reward \
+        --metrics metrics/reward.json --live dvclive/reward --checkpoints checkpoints/reward
+
+OUT holds the reward adapter with its score head, the tokenizer, and reward_stats.json (validation accuracy, margin,
+score mean and std, which later stages use to normalize rewards).
+"""
+import argparse
+
+from rlhf import config, reward
+from rlhf.io import atomic_dir, provenance, run, write_json
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Reward model training.")
+    parser.add_argument("--tokenized", required=True, help="the tokenize stage's output folder")
+    parser.add_argument("--base", required=True, help="the base stage's output folder")
+    parser.add_argument("--sft", required=True, help="the sft stage's output folder")
+    parser.add_argument("--out", required=True, help="output folder for the reward adapter")
+    parser.add_argument("--metrics", required=True, help="metrics JSON file")
+    parser.add_argument("--live", required=True, help="DVCLive folder for training curves")
+    parser.add_argument("--checkpoints", required=True, help="scratch folder for training checkpoints")
+    args = parser.parse_args()
+    params = config.load()
+
+    with atomic_dir(args.out) as tmp:
+        metrics, settings, _ = reward.run_reward(params, args.tokenized, args.base, args.sft, tmp, args.checkpoints,
+                                                 args.live)
+        write_json(tmp / "reward.json", {"settings": settings, **provenance(
+            seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, reward=params.reward)})
+    write_json(args.metrics, {**metrics, **settings})
+    print(f"reward: {metrics}")
+
+
+if __name__ == "__main__":
+    run(main)

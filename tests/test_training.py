@@ -1,0 +1,215 @@
+"""SFT and reward stages: presets, hardware checks, completion-only loss, adapters that load back, reward scores."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from rlhf import base, config, reward, scoring, sft, tokenize, train
+from rlhf.config import Model
+from rlhf.io import UserError
+from conftest import run_stage
+
+
+# -- presets and hardware checks ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset, memory_gb, expected", [
+    ("auto", None, "cpu"), ("auto", 6.0, "low_memory"), ("auto", 7.9, "low_memory"), ("auto", 8.0, "standard"),
+    ("auto", 80.0, "standard"), ("low_memory", 80.0, "low_memory"), ("standard", 4.0, "standard"),
+    ("cpu", 24.0, "cpu"),
+])
+def test_preset_from_memory(preset, memory_gb, expected):
+    assert train.choose_preset(preset, memory_gb) == expected
+
+
+def test_preset_fills_nulls_and_explicit_values_win():
+    params = config.Params()
+    section, lora, chosen = train.resolve(params, params.sft, memory_gb=6.0)
+    assert (lora.r, lora.lora_alpha) == (16, 32)
+    assert (section.per_device_train_batch_size, section.gradient_accumulation_steps, section.max_length) == (1, 8, 1024)
+    assert chosen["preset"] == "low_memory" and chosen["accelerator_memory_gb"] == 6.0
+    section, lora, chosen = train.resolve(params, params.sft, memory_gb=40.0)
+    assert (lora.r, section.per_device_train_batch_size, section.gradient_accumulation_steps, section.max_length) \
+        == (64, 4, 2, 2048)
+    explicit = dataclasses.replace(params, lora=dataclasses.replace(params.lora, r=4, lora_alpha=7),
+                                   sft=dataclasses.replace(params.sft, per_device_train_batch_size=3))
+    section, lora, chosen = train.resolve(explicit, explicit.sft, memory_gb=40.0)
+    assert (lora.r, lora.lora_alpha, section.per_device_train_batch_size, section.max_length) == (4, 7, 3, 2048)
+    assert chosen["lora_r"] == 4 and chosen["per_device_train_batch_size"] == 3
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_kbit_on_cpu_fails_before_loading(monkeypatch, quantization):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(base, "weights_location", lambda *_: pytest.fail("loaded weights before checking hardware"))
+    with pytest.raises(UserError, match=rf"model.quantization = {quantization} needs a CUDA GPU.*model.quantization: none"):
+        train.load_model("unused", Model(quantization=quantization))
+
+
+def test_precision_checks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="float16 needs a CUDA GPU"):
+        train.check_hardware(Model(dtype="float16"))
+    assert train.precision_args(Model()) == {"bf16": False, "fp16": False, "use_cpu": True}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with pytest.raises(UserError, match="does not support bf16. Set model.dtype: float16"):
+        train.check_hardware(Model(dtype="bfloat16"))
+    assert train.torch_dtype(Model()) == torch.float16
+
+
+def test_max_length_too_small_for_the_data(tiny_data):
+    with pytest.raises(UserError, match=r"longest train pair is \d+ tokens but the training max_length is 8"):
+        train.load_split(tiny_data / "data/tokenized", "train", max_length=8)
+
+
+# -- SFT -------------------------------------------------------------------------------------------------------------
+
+def test_completion_only_loss_on_a_hand_made_example(tiny_data):
+    """What SFTTrainer feeds the model: labels are -100 on the prompt (and padding), the token ids elsewhere."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = base.load_tokenizer(tiny_data / "models/base")
+    example = tokenize.encode({"id": "x", "prompt": [{"role": "user", "content": "How was the pizza?"}],
+                               "chosen": [{"role": "assistant", "content": "the pizza was great."}],
+                               "rejected": [{"role": "assistant", "content": "it was awful."}]}, tokenizer)
+    short = {**example, "chosen_ids": example["chosen_ids"][:3]}
+    data = Dataset.from_list([tokenize.sft_columns(example), tokenize.sft_columns(short)])
+    model = train.load_model(tiny_data / "models/base", Model())
+    args = SFTConfig(output_dir=str(tiny_data / "scratch"), per_device_train_batch_size=2, report_to=[],
+                     completion_only_loss=True, bf16=False, use_cpu=True, shuffle_dataset=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    n_prompt, n_chosen = len(example["prompt_ids"]), len(example["chosen_ids"])
+    ids = example["prompt_ids"] + example["chosen_ids"]
+    assert batch["labels"][0].tolist() == [-100] * n_prompt + example["chosen_ids"]
+    assert batch["input_ids"][0].tolist() == ids
+    assert batch["labels"][1].tolist() == [-100] * n_prompt + example["chosen_ids"][:3] + [-100] * (n_chosen - 3)
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_data):
+    run_stage(tiny_data, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--out", "models/sft",
+              "--metrics", "metrics/sft.json", "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
+    return tiny_data
+
+
+def test_sft_stage_outputs(sft_run):
+    out = sft_run / "models/sft"
+    assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
+    metrics = json.loads((sft_run / "metrics/sft.json").read_text())
+    assert metrics["steps"] == 4 and metrics["tokens_seen"] > 0 and metrics["preset"] == "cpu"
+    assert metrics["eval_perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"], rel=1e-5)
+    provenance = json.loads((out / "sft.json").read_text())
+    assert provenance["params"]["sft"]["max_steps"] == 4 and "trl" in provenance["versions"]
+    assert (sft_run / "dvclive/sft/plots/metrics/loss.tsv").exists()
+    assert list((sft_run / "checkpoints/sft").glob("checkpoint-*"))
+
+
+def test_sft_adapter_loads_back_with_same_outputs(tiny_data):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    params = config.load(tiny_data / "params.yaml")
+    out = tiny_data / "sft-memory"
+    metrics, _, model = sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", out,
+                                 tiny_data / "ck", tiny_data / "live")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # training moved the adapter off its zero init
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_data / "models/base"), out).eval()
+    ids = torch.tensor([[5, 17, 23, 42, 7, 99]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+        plain = AutoModelForCausalLM.from_pretrained(tiny_data / "models/base").eval()
+        assert not torch.allclose(plain(ids).logits, loaded(ids).logits)
+
+
+def test_completion_logprobs_match_the_trainers_loss(tiny_data):
+    """Our token-level NLL on completions equals a direct cross-entropy over the completion tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_data / "models/base").eval()
+    prompts, completions = [[3, 4, 5], [6, 7]], [[8, 9], [10, 11, 12, 13]]
+    sums, counts = scoring.completion_logprobs(model, prompts, completions, pad_id=0, batch_size=2)
+    assert counts.tolist() == [2, 4]
+    for i in range(2):
+        ids = torch.tensor([prompts[i] + completions[i]])
+        labels = torch.tensor([[-100] * len(prompts[i]) + completions[i]])
+        with torch.no_grad():
+            loss = model(ids, labels=labels).loss.item()
+        assert -sums[i].item() / counts[i].item() == pytest.approx(loss, rel=1e-5)
+
+
+def test_sft_is_deterministic(tiny_data):
+    params = config.load(tiny_data / "params.yaml")
+    params = dataclasses.replace(params, sft=dataclasses.replace(params.sft, max_steps=2))
+    runs = [sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", tiny_data / f"det{i}",
+                        tiny_data / "ck", tiny_data / "live")[0] for i in range(2)]
+    for m in runs:
+        m.pop("train_seconds")
+    assert runs[0] == runs[1]
+    files = sorted(p.name for p in (tiny_data / "det0").iterdir())
+    assert "adapter_model.safetensors" in files and files == sorted(p.name for p in (tiny_data / "det1").iterdir())
+    for name in files:  # byte for byte, so DVC sees the same output hash and reruns nothing after it
+        assert (tiny_data / "det0" / name).read_bytes() == (tiny_data / "det1" / name).read_bytes(), name
+
+
+# -- reward model ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reward_run(sft_run):
+    run_stage(sft_run, "reward", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
+              "--out", "models/reward", "--metrics", "metrics/reward.json", "--live", "dvclive/reward",
+              "--checkpoints", "checkpoints/reward")
+    return sft_run
+
+
+def test_reward_stage_outputs_and_stats(reward_run):
+    metrics = json.loads((reward_run / "metrics/reward.json").read_text())
+    stats = json.loads((reward_run / "models/reward" / reward.STATS_FILE).read_text())
+    for key in ("accuracy", "mean_margin", "score_mean", "score_std"):
+        assert metrics[key] == stats[key]
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["score_std"] > 0
+    assert (reward_run / "dvclive/reward/plots/metrics/loss.tsv").exists()
+
+
+def test_reward_score_matches_a_direct_forward_pass(reward_run):
+    from datasets import load_from_disk
+
+    model, stats = reward.load_reward_model(reward_run / "models/base", reward_run / "models/sft",
+                                            reward_run / "models/reward", Model())
+    tokenizer = base.load_tokenizer(reward_run / "models/base")
+    validation = load_from_disk(str(reward_run / "data/tokenized"), keep_in_memory=True)["validation"]
+    rows = [tokenize.reward_columns(validation[i]) for i in range(3)]
+    sequences = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+    batched = scoring.reward_scores(model, sequences, tokenizer.pad_token_id, batch_size=6)
+    with torch.no_grad():
+        direct = [model(torch.tensor([s])).logits[0, 0].item() for s in sequences]
+    assert batched.tolist() == pytest.approx(direct, abs=1e-5)
+    # and the saved stats are what the loaded model gives on the whole validation split
+    chosen, rejected = reward.score_pairs(model, validation, tokenizer.pad_token_id, 16)
+    assert reward.pair_stats(chosen, rejected)["accuracy"] == stats["accuracy"]
+
+
+def test_pair_stats_hand_computed():
+    stats = reward.pair_stats(torch.tensor([2.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 3.0]))
+    # margins 1, 0, -2: one strictly above (a tie counts as wrong); mean margin -1/3
+    assert stats["accuracy"] == pytest.approx(1 / 3, abs=1e-6)
+    assert stats["mean_margin"] == pytest.approx(-1 / 3, abs=1e-6)
+    assert stats["score_mean"] == pytest.approx(7 / 6, abs=1e-6)
+    assert stats["chosen_mean"] == pytest.approx(1.0) and stats["rejected_mean"] == pytest.approx(4 / 3, abs=1e-6)
+
+
+def test_wandb_option_works_offline(tiny_data, monkeypatch, tmp_path):
+    """tracking.wandb logs to an offline run (no network here) and never stops training."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    params = config.load(tiny_data / "params.yaml")
+    params = dataclasses.replace(params, tracking=dataclasses.replace(params.tracking, wandb=True),
+                                 sft=dataclasses.replace(params.sft, max_steps=2))
+    metrics, _, _ = sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", tmp_path / "out",
+                                tmp_path / "ck", tmp_path / "live")
+    assert metrics["steps"] == 2
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))
