@@ -116,6 +116,7 @@ class Lora:
     lora_alpha: int | None = field(default=None, metadata=_range(1))
     lora_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, high_open=True))
     target_modules: str | list[str] = "all-linear"
+    modules_to_save: list[str] | None = None
 
 
 @dataclass
@@ -148,6 +149,81 @@ class Reward(Training):
 
 
 @dataclass
+class DPO(Training):
+    beta: float = field(default=0.1, metadata=_range(0.0, low_open=True))
+    loss_type: str | list[str] = "sigmoid"
+    precompute_ref_log_probs: bool = False
+
+
+@dataclass
+class ORPO(Training):
+    beta: float = field(default=0.1, metadata=_range(0.0, low_open=True))
+    init: Literal["base", "sft"] = "base"  # ours, not ORPOConfig's: the model the adapter starts from
+
+
+@dataclass
+class SimPO(Training):
+    beta: float = field(default=2.0, metadata=_range(0.0, low_open=True))
+    simpo_gamma: float = field(default=0.5, metadata=_range(0.0))
+    cpo_alpha: float = field(default=0.0, metadata=_range(0.0))
+
+
+@dataclass
+class KTO(Training):
+    beta: float = field(default=0.1, metadata=_range(0.0, low_open=True))
+    desirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    undesirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+
+
+@dataclass
+class GRPO:
+    # trl.GRPOConfig field names, except oracle_reward (ours).
+    learning_rate: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
+    max_steps: int = field(default=60, metadata=_range(1))
+    per_device_train_batch_size: int = field(default=32, metadata=_range(1))
+    gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
+    num_generations: int = field(default=8, metadata=_range(2))
+    max_completion_length: int = field(default=32, metadata=_range(1))
+    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    beta: float = field(default=0.04, metadata=_range(0.0))
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "constant"
+    warmup_steps: int | float = field(default=0, metadata=_range(0.0))
+    logging_steps: int = field(default=5, metadata=_range(1))
+    save_steps: int = field(default=50, metadata=_range(1))
+    oracle_reward: bool = False
+
+
+@dataclass
+class PPO:
+    # Our own PPO (TRL 1.x has none); names follow TRL's old PPOConfig where it had one.
+    learning_rate: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
+    num_iterations: int = field(default=40, metadata=_range(1))
+    rollout_batch_size: int = field(default=64, metadata=_range(1))
+    mini_batch_size: int = field(default=16, metadata=_range(1))
+    ppo_epochs: int = field(default=4, metadata=_range(1))
+    max_new_tokens: int = field(default=32, metadata=_range(1))
+    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    kl_coef: float = field(default=0.05, metadata=_range(0.0))
+    clip_range: float = field(default=0.2, metadata=_range(0.0, low_open=True))
+    clip_range_value: float = field(default=0.2, metadata=_range(0.0, low_open=True))
+    vf_coef: float = field(default=0.5, metadata=_range(0.0))
+    gamma: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    lam: float = field(default=0.95, metadata=_range(0.0, 1.0))
+    whiten_advantages: bool = True
+    max_grad_norm: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    logging_steps: int = field(default=1, metadata=_range(1))
+    save_steps: int = field(default=10, metadata=_range(1))
+
+
+@dataclass
+class Align:
+    # The align stage's own before/after check on validation prompts (the evaluate stage measures in full).
+    oracle_eval_prompts: int = field(default=128, metadata=_range(1))
+    max_new_tokens: int = field(default=32, metadata=_range(1))
+    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+
+
+@dataclass
 class Tracking:
     wandb: bool = False
     wandb_project: str = "rlhf"
@@ -165,6 +241,13 @@ class Params:
     compute: Compute = field(default_factory=Compute)
     sft: Training = field(default_factory=Training)
     reward: Reward = field(default_factory=Reward)
+    align: Align = field(default_factory=Align)
+    dpo: DPO = field(default_factory=DPO)
+    orpo: ORPO = field(default_factory=ORPO)
+    ppo: PPO = field(default_factory=PPO)
+    simpo: SimPO = field(default_factory=SimPO)
+    kto: KTO = field(default_factory=KTO)
+    grpo: GRPO = field(default_factory=GRPO)
     tracking: Tracking = field(default_factory=Tracking)
 
 

@@ -114,3 +114,23 @@ def reward_columns(example: dict) -> dict:
         "chosen_ids": example["prompt_ids"] + example["chosen_ids"],
         "rejected_ids": example["prompt_ids"] + example["rejected_ids"],
     }
+
+
+def legacy_pair_columns(example: dict) -> dict:
+    """The columns TRL's older pairwise trainers (ORPO, CPO/SimPO in trl.experimental) build in `tokenize_row`:
+    whole sequences with labels masked (-100) on the prompt."""
+    prompt = example["prompt_ids"]
+    out = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for key in ("chosen", "rejected"):
+        ids = prompt + example[f"{key}_ids"]
+        out[f"{key}_input_ids"] = ids
+        out[f"{key}_attention_mask"] = [1] * len(ids)
+        out[f"{key}_labels"] = [-100] * len(prompt) + example[f"{key}_ids"]
+    return out
+
+
+def unpaired_columns(batch: dict) -> dict:
+    """KTO's unpaired rows from a batch of pairs: (prompt, chosen, desirable) and (prompt, rejected, undesirable)."""
+    n = len(batch["prompt_ids"])
+    return {"prompt_ids": batch["prompt_ids"] * 2, "completion_ids": batch["chosen_ids"] + batch["rejected_ids"],
+            "label": [True] * n + [False] * n}

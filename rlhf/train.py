@@ -42,13 +42,14 @@ def resolve(params: Params, section: Training, memory_gb: float | None) -> tuple
     name = choose_preset(params.compute.preset, memory_gb)
     values = PRESETS[name]
     filled = {k: values[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length")
-              if getattr(section, k) is None}
+              if getattr(section, k, 0) is None}
     section = dataclasses.replace(section, **filled)
     r = params.lora.r or values["r"]
     lora = dataclasses.replace(params.lora, r=r, lora_alpha=params.lora.lora_alpha or 2 * r)
     chosen = {"preset": name, "accelerator_memory_gb": memory_gb and round(memory_gb, 1), "lora_r": lora.r,
               "lora_alpha": lora.lora_alpha, "per_device_train_batch_size": section.per_device_train_batch_size,
-              "gradient_accumulation_steps": section.gradient_accumulation_steps, "max_length": section.max_length}
+              "gradient_accumulation_steps": section.gradient_accumulation_steps,
+              "max_length": getattr(section, "max_length", None)}
     return section, lora, chosen
 
 
@@ -109,9 +110,14 @@ def load_model(base_dir: str | Path, cfg: Model, task: str = "causal"):
 
 
 def lora_config(lora: Lora, task_type: str):
+    """peft.LoraConfig from the lora section. A scorer (SEQ_CLS) has no LM head to save; PEFT trains its score head
+    on its own."""
     from peft import LoraConfig
 
-    return LoraConfig(task_type=task_type, **dataclasses.asdict(lora))
+    fields = dataclasses.asdict(lora)
+    if task_type == "SEQ_CLS" and fields["modules_to_save"]:
+        fields["modules_to_save"] = [m for m in fields["modules_to_save"] if m != "lm_head"] or None
+    return LoraConfig(task_type=task_type, **fields)
 
 
 def load_split(tokenized: str | Path, split: str, max_length: int):
@@ -185,3 +191,25 @@ def fresh_dir(path: str | Path) -> Path:
 def last_logged(log_history: list[dict], key: str) -> float | None:
     values = [entry[key] for entry in log_history if key in entry]
     return values[-1] if values else None
+
+
+def fit(trainer, out: str | Path, expected_rows: int) -> dict:
+    """Train, evaluate and save the adapter and tokenizer to `out`; returns the last logged value of every training
+    metric, the evaluation metrics, steps and wall time. Refuses to train if the trainer dropped any row."""
+    import time
+
+    if len(trainer.train_dataset) != expected_rows:
+        raise RuntimeError(f"the trainer kept {len(trainer.train_dataset)} of {expected_rows} training rows")
+    start = time.time()
+    trainer.train()
+    wall = time.time() - start
+    evaluation = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    trainer.save_model(str(out))
+    logged = {}
+    for entry in trainer.state.log_history:
+        logged.update({k: v for k, v in entry.items() if "eval_" not in k})
+    metrics = {**logged, **evaluation}
+    noise = ("runtime", "per_second", "epoch", "total_flos", "learning_rate", "step")
+    metrics = {k.replace("/", "_"): round(float(v), 6) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not any(n in k for n in noise)}
+    return {**metrics, "steps": trainer.state.global_step, "train_seconds": round(wall, 2)}

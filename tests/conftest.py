@@ -23,6 +23,13 @@ TINY = {  # small enough for a few seconds per stage on 2 cores
     "model.tiny.intermediate_size": 64, "model.pretrain.max_steps": 30, "model.pretrain.per_device_train_batch_size": 16,
     "sft.max_steps": 4, "sft.logging_steps": 1, "sft.eval_steps": 2, "sft.save_steps": 2,
     "reward.max_steps": 4, "reward.logging_steps": 1, "reward.eval_steps": 2, "reward.save_steps": 2,
+    "align.oracle_eval_prompts": 8, "align.max_new_tokens": 8,
+    **{f"{m}.{k}": v for m in ("dpo", "orpo", "simpo", "kto")
+       for k, v in {"max_steps": 3, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}.items()},
+    "grpo.max_steps": 2, "grpo.per_device_train_batch_size": 8, "grpo.num_generations": 4,
+    "grpo.max_completion_length": 8, "grpo.logging_steps": 1,
+    "ppo.num_iterations": 2, "ppo.rollout_batch_size": 8, "ppo.mini_batch_size": 4, "ppo.ppo_epochs": 1,
+    "ppo.max_new_tokens": 8,
 }
 
 
@@ -68,6 +75,18 @@ def tiny_data(tmp_path_factory):
     run_stage(root, "tokenize", "--prepared", "data/prepared", "--base", "models/base", "--out", "data/tokenized",
               "--metrics", "metrics/tokenize.json")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_data):
+    """`tiny_data` after the sft and reward stages as well."""
+    if not (tiny_data / "models/reward").exists():
+        run_stage(tiny_data, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--out", "models/sft",
+                  "--metrics", "metrics/sft.json", "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
+        run_stage(tiny_data, "reward", "--tokenized", "data/tokenized", "--base", "models/base", "--sft",
+                  "models/sft", "--out", "models/reward", "--metrics", "metrics/reward.json", "--live",
+                  "dvclive/reward", "--checkpoints", "checkpoints/reward")
+    return tiny_data
 
 
 @pytest.fixture

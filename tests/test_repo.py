@@ -6,8 +6,9 @@ import yaml
 
 from conftest import REPO
 
-DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+# dvc.yaml templating: ${method} is the value of `method` in params.yaml
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text().replace("${method}", PARAMS["method"]))["stages"]
 
 
 def test_every_stage_has_its_script_deps_and_params():
@@ -41,6 +42,16 @@ def test_every_rlhf_module_a_stage_imports_is_a_dep():
         modules = {m.strip() for group in imported for m in group.split(",")} - {"config"}
         for module in modules:
             assert f"rlhf/{module}.py" in stage["deps"], f"stage {name} imports rlhf.{module} but does not dep on it"
+
+
+def test_align_depends_on_the_chosen_method_only():
+    from rlhf.config import METHODS
+
+    align = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["align"]
+    assert "${method}" in align["params"] and "rlhf/methods/${method}.py" in align["deps"]
+    assert not any(m in align["params"] for m in METHODS)
+    for method in METHODS:
+        assert (REPO / "rlhf" / "methods" / f"{method}.py").exists()
 
 
 def test_every_stage_script_is_in_the_pipeline():

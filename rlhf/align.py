@@ -1,0 +1,53 @@
+"""align: the alignment method chosen by `method`, looked up by name, and the stage's own before/after check.
+
+Each method lives in rlhf/methods/<name>.py and exposes the same `run` (see rlhf/methods/__init__.py)."""
+import importlib
+import statistics
+from pathlib import Path
+
+from rlhf import base, generation, policy, train
+from rlhf.config import METHODS
+from rlhf.io import UserError, read_json
+
+INFO_FILE = "align.json"
+
+
+def method_runner(name: str):
+    """The `run` function of rlhf/methods/<name>.py (imported on demand: each pulls in its own trainer)."""
+    if name not in METHODS:
+        raise UserError(f"method = {name!r} is not an alignment method; available: {', '.join(METHODS)}.")
+    return importlib.import_module(f"rlhf.methods.{name}").run
+
+
+def starts_from_sft(params) -> bool:
+    """Every method adds its adapter to the SFT model, except ORPO with `orpo.init: base`."""
+    return not (params.method == "orpo" and params.orpo.init == "base")
+
+
+def load_trained_policy(base_dir, sft_dir, policy_dir, cfg):
+    """The aligned policy saved by the align stage, on the model its adapter was trained on."""
+    from peft import PeftModel
+
+    if read_json(Path(policy_dir) / INFO_FILE)["starts_from"] == "sft":
+        return policy.load_policy(base_dir, sft_dir, policy_dir, cfg)
+    return PeftModel.from_pretrained(train.load_model(base_dir, cfg), policy_dir).eval()
+
+
+def oracle_check(params, tokenized, base_dir, sft_dir, model) -> dict:
+    """Mean oracle reward of SFT and policy samples on the first validation prompts (built-in tasks only).
+
+    The evaluate stage measures properly; this is the align stage's own evidence that the method moved the policy
+    the right way."""
+    task = generation.builtin_task(params.data.source)
+    if task is None:
+        return {}
+    tokenizer = base.load_tokenizer(base_dir)
+    prompts = train.load_split(tokenized, "validation", 10**9)["prompt_ids"][: params.align.oracle_eval_prompts]
+    sft_model = policy.load_sft_merged(base_dir, sft_dir, params.model).eval()
+    means = {}
+    for name, m in (("sft", sft_model), ("policy", model.eval())):
+        completions = generation.generate(m, prompts, tokenizer, params.align.max_new_tokens,
+                                          params.align.temperature, seed=params.seed)
+        means[name] = statistics.mean(generation.oracle_scores(task, prompts, completions, tokenizer))
+    return {"oracle_sft": round(means["sft"], 6), "oracle_policy": round(means["policy"], 6),
+            "oracle_gain": round(means["policy"] - means["sft"], 6)}

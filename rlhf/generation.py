@@ -1,0 +1,54 @@
+"""Sampling from a causal LM on tokenized prompts, and scoring samples with the built-in task's oracle.
+
+Used by the align stage's own check, by PPO's rollouts, and by the evaluate stage."""
+import torch
+
+from rlhf import synthetic
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, batch_size: int = 64, seed: int = 0) -> list[list[int]]:
+    """Sampled completion ids per prompt, cut after the first EOS (kept) and without padding.
+
+    Prompts are left-padded in batches; sampling is seeded so that the same model, prompts and seed give the same
+    completions on CPU.
+    """
+    device = next(model.parameters()).device
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        longest = max(len(p) for p in batch)
+        ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(batch):
+            ids[i, longest - len(p):] = torch.tensor(p)
+            mask[i, longest - len(p):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                             temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for row in out[:, longest:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id) + 1]
+            completions.append(row)
+    torch.random.set_rng_state(generator_state)
+    return completions
+
+
+def prompt_text(prompt_ids: list[int], tokenizer) -> str:
+    """The user's words in a templated prompt (special tokens and role names dropped), for the oracle."""
+    return tokenizer.decode(prompt_ids, skip_special_tokens=True)
+
+
+def oracle_scores(task: str, prompts: list[list[int]], completions: list[list[int]], tokenizer) -> list[float]:
+    """Ground-truth rewards of `completions` under the built-in task's oracle."""
+    _, oracle = synthetic.TASKS[task]
+    return [oracle(prompt_text(p, tokenizer), tokenizer.decode(c, skip_special_tokens=True))
+            for p, c in zip(prompts, completions)]
+
+
+def builtin_task(source: str) -> str | None:
+    """The built-in task name of a data.source, or None for real data (no oracle)."""
+    return source.removeprefix("builtin:") if source.startswith("builtin:") else None

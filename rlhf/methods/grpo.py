@@ -1,0 +1,75 @@
+"""GRPO (Shao et al., 2024) with TRL's GRPOTrainer: groups of `grpo.num_generations` sampled answers per prompt,
+advantages relative to the group, rewarded by the trained reward model (normalized with its validation stats) and,
+with `grpo.oracle_reward: true` on a built-in task, also by the task's oracle as a verifiable reward. Starts from the
+SFT model with a new LoRA adapter; the KL reference (`grpo.beta`) is the same weights with the adapter disabled."""
+import dataclasses
+
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from rlhf import base, generation, policy, reward, scoring, train
+from rlhf.io import UserError
+
+
+def prompt_dataset(prompt_ids: list[list[int]], tokenizer) -> Dataset:
+    """GRPOTrainer generates from text prompts; give it the tokenize stage's prompts as text that tokenizes back to
+    exactly the same ids (checked), plus the ids themselves for the reward functions."""
+    texts = [tokenizer.decode(ids) for ids in prompt_ids]
+    for number, (text, ids) in enumerate(zip(texts, prompt_ids), 1):
+        if tokenizer(text)["input_ids"] != ids:
+            raise UserError(f"grpo: training prompt {number} does not tokenize back to the tokenize stage's ids, so "
+                            "GRPO would generate from a different prompt. This tokenizer does not round-trip its "
+                            "decoded text; use another method for this model.")
+    return Dataset.from_dict({"prompt": texts, "prompt_ids": prompt_ids})
+
+
+def reward_model_reward(model, stats: dict, pad_id: int, batch_size: int):
+    """A GRPO reward function: the reward model's normalized score of prompt + completion, on token ids."""
+    def rm_reward(prompts, completions, completion_ids, prompt_ids, **kwargs):
+        sequences = [p + c for p, c in zip(prompt_ids, completion_ids)]
+        scores = scoring.reward_scores(model, sequences, pad_id, batch_size)
+        return ((scores - stats["score_mean"]) / stats["score_std"]).tolist()
+    return rm_reward
+
+
+def oracle_reward(task: str, tokenizer):
+    """A GRPO reward function: the built-in task's ground-truth oracle."""
+    def oracle(prompts, completions, completion_ids, prompt_ids, **kwargs):
+        return generation.oracle_scores(task, prompt_ids, completion_ids, tokenizer)
+    return oracle
+
+
+def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
+    from transformers import set_seed
+
+    set_seed(params.seed)
+    section = params.grpo
+    _, lora, chosen = train.resolve(params, section, train.accelerator_memory_gb())
+    tokenizer = base.load_tokenizer(base_dir)
+
+    # -- data: prompts only; the answers are sampled during training
+    train_rows = train.load_split(tokenized, "train", max_length=10**9)
+    prompts = prompt_dataset(train_rows["prompt_ids"], tokenizer)
+
+    # -- rewards: the trained reward model, plus the oracle where asked for
+    scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
+    funcs = [reward_model_reward(scorer, stats, tokenizer.pad_token_id, section.per_device_train_batch_size)]
+    task = generation.builtin_task(params.data.source)
+    if section.oracle_reward:
+        if task is None:
+            raise UserError("grpo.oracle_reward: true needs a built-in task (data.source: builtin:...), which has an "
+                            "oracle; set it to false for real data.")
+        funcs.append(oracle_reward(task, tokenizer))
+
+    # -- trainer
+    model = policy.load_sft_merged(base_dir, sft_dir, params.model)
+    report_to, callbacks = train.trackers(params.tracking, live_dir)
+    fields = {k: v for k, v in dataclasses.asdict(section).items() if k != "oracle_reward"}
+    config = GRPOConfig(**fields, **train.precision_args(params.model), output_dir=str(train.fresh_dir(checkpoints)),
+                        seed=params.seed, data_seed=params.seed, report_to=report_to, save_strategy="steps",
+                        save_total_limit=2, activation_checkpointing=False, top_k=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=prompts,
+                          processing_class=tokenizer, peft_config=train.lora_config(lora, "CAUSAL_LM"),
+                          callbacks=callbacks)
+    metrics = train.fit(trainer, out, len(prompts))
+    return {**metrics, **chosen}, trainer.model

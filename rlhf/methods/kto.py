@@ -1,0 +1,48 @@
+"""KTO (Ethayarajh et al., 2024) with TRL's KTOTrainer. Each preference pair is unpaired into a desirable example
+(prompt, chosen) and an undesirable one (prompt, rejected). Starts from the SFT model with a new LoRA adapter; the
+reference is the same weights with the adapter disabled."""
+from trl import KTOConfig, KTOTrainer
+
+from rlhf import base, policy, tokenize, train
+
+
+class PretokenizedKTOTrainer(KTOTrainer):
+    """TRL 1.16's KTOTrainer tokenizes text unconditionally. Our rows arrive tokenized once, by the tokenize stage,
+    and are unpaired here; preparation only adds the mismatched completions KTO's KL estimate uses, exactly as
+    KTOTrainer does (each batch's completions rotated by one)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if not self.calculate_KL:
+            return dataset
+
+        def rotate(batch):
+            return {"KL_completion_ids": [batch["completion_ids"][-1]] + batch["completion_ids"][:-1]}
+
+        return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+
+
+def unpair(dataset):
+    """Desirable and undesirable rows, interleaved by a seeded shuffle so that batches mix both labels."""
+    columns = dataset.column_names
+    return dataset.map(tokenize.unpaired_columns, batched=True, remove_columns=columns)
+
+
+def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
+    from transformers import set_seed
+
+    set_seed(params.seed)
+    section, lora, chosen = train.resolve(params, params.kto, train.accelerator_memory_gb())
+    print(f"kto: settings after compute.preset: {chosen}")
+
+    train_rows = unpair(train.load_split(tokenized, "train", section.max_length)).shuffle(seed=params.seed)
+    validation = unpair(train.load_split(tokenized, "validation", section.max_length))
+
+    model = policy.load_sft_merged(base_dir, sft_dir, params.model)
+    report_to, callbacks = train.trackers(params.tracking, live_dir)
+    config = train.common_args(section, params.model, params.seed, train.fresh_dir(checkpoints), report_to)
+    trainer = PretokenizedKTOTrainer(
+        model=model, ref_model=None, args=KTOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
+        processing_class=base.load_tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
+        callbacks=callbacks)
+    metrics = train.fit(trainer, out, len(train_rows))
+    return {**metrics, **chosen}, trainer.model
