@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup repro test test-all lock clean-venv
+.PHONY: setup repro test test-slow test-all compare lock clean-venv
 
 setup: $(STAMP)
 
@@ -24,9 +24,20 @@ repro: $(STAMP)
 test: $(STAMP)
 	python -m pytest
 
-# Also the slow tier: end-to-end DVC runs through every stage.
+# The slow tier: end-to-end DVC runs (repro, caching, a teammate's clone). CI runs it after `make test`.
+test-slow: $(STAMP)
+	python -m pytest -m slow
+
 test-all: $(STAMP)
 	python -m pytest -m ""
+
+# Every alignment method as a DVC experiment on the same data, then the comparison table.
+METHODS := dpo orpo ppo simpo kto grpo
+SHOW := dvc exp show --no-pager --drop '.*' --keep 'Experiment|Created|^method$$|oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy|eval.json:chosen_loss_policy'
+compare: $(STAMP)
+	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m; done
+	dvc exp run --run-all --jobs 1
+	$(SHOW)
 
 # Re-resolve the whole dependency set from requirements.in into requirements.lock.
 lock:

@@ -224,6 +224,16 @@ class Align:
 
 
 @dataclass
+class Eval:
+    num_prompts: int | None = field(default=None, metadata=_range(1))
+    max_new_tokens: int = field(default=32, metadata=_range(1))
+    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
+    batch_size: int = field(default=64, metadata=_range(1))
+    num_samples: int = field(default=20, metadata=_range(0))
+
+
+@dataclass
 class Tracking:
     wandb: bool = False
     wandb_project: str = "rlhf"
@@ -248,6 +258,7 @@ class Params:
     simpo: SimPO = field(default_factory=SimPO)
     kto: KTO = field(default_factory=KTO)
     grpo: GRPO = field(default_factory=GRPO)
+    eval: Eval = field(default_factory=Eval)
     tracking: Tracking = field(default_factory=Tracking)
 
 

@@ -144,7 +144,11 @@ def trackers(tracking, live_dir: str | Path) -> tuple[list[str], list]:
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    callbacks = []
+    try:
+        callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)))
+    except Exception as err:  # e.g. a git repo with no commit yet: train anyway, without curves
+        print(f"warning: DVCLive is off for this run ({type(err).__name__}: {err})")
     report_to = []
     if tracking.wandb:
         try:
@@ -156,7 +160,7 @@ def trackers(tracking, live_dir: str | Path) -> tuple[list[str], list]:
             report_to.append("wandb")
         except ImportError:
             print("warning: tracking.wandb is on but wandb is not installed; logging to DVCLive only")
-    return report_to, [DVCLiveCallback(live=live)]
+    return report_to, callbacks
 
 
 def common_args(section: Training, cfg: Model, seed: int, checkpoints: str | Path, report_to: list[str]) -> dict:

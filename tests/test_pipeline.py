@@ -11,6 +11,8 @@ import yaml
 
 from conftest import REPO, TINY, write_params
 
+pytestmark = pytest.mark.slow  # `make test-slow`; CI runs it
+
 COPY = ["dvc.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvcignore"]
 # Tests run in order on one repo copy; each leaves params as the next expects.
 
@@ -54,7 +56,7 @@ def repo(tmp_path_factory):
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     first = sh(root, "dvc", "repro")
-    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "align"]
+    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "align", "evaluate"]
     return root
 
 
@@ -88,17 +90,17 @@ def test_tokenize_param_reruns_only_tokenize(repo):
 
 def test_reward_param_reruns_only_reward(repo):
     set_params(repo, reward__learning_rate=1.0e-3)
-    assert ran(sh(repo, "dvc", "repro")) == ["reward", "align"]
+    assert ran(sh(repo, "dvc", "repro")) == ["reward", "align", "evaluate"]
 
 
 def test_lora_param_reruns_sft_and_reward(repo):
     set_params(repo, lora__lora_dropout=0.1)
-    assert ran(sh(repo, "dvc", "repro")) == ["sft", "reward", "align"]
+    assert ran(sh(repo, "dvc", "repro")) == ["sft", "reward", "align", "evaluate"]
 
 
 def test_method_switch_reruns_only_align(repo):
     set_params(repo, method="orpo")
-    assert ran(sh(repo, "dvc", "repro")) == ["align"]
+    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate"]
     assert json.loads((repo / "metrics/align.json").read_text())["method"] == "orpo"
 
 
@@ -106,7 +108,7 @@ def test_unused_method_params_rerun_nothing(repo):
     set_params(repo, kto__beta=0.3, dpo__beta=0.2)  # method is orpo now
     assert ran(sh(repo, "dvc", "repro")) == []
     set_params(repo, orpo__beta=0.2)
-    assert ran(sh(repo, "dvc", "repro")) == ["align"]
+    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate"]
 
 
 def test_tracking_switch_reruns_nothing(repo):

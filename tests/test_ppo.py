@@ -1,15 +1,17 @@
 """PPO: GAE, the clipped losses and the KL-penalized rewards on hand-computed values; a smoke run on the tiny model
 whose adapter loads back, whose reference is the SFT model, and which is deterministic."""
 import dataclasses
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from rlhf import config, policy
+from rlhf import align, config, policy, reward
 from rlhf.config import Model
 from rlhf.methods import ppo
-from conftest import run_stage
+from conftest import TINY, run_stage, write_params
 
 # Two answers of 3 and 2 tokens; the second row's last column is padding.
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -154,27 +156,36 @@ def test_rollout_tensors_line_answers_up():
 
 def test_turn_end_is_what_follows_the_eos():
     """ChatML completions end '<|im_end|>' (EOS, id 2 here) then a newline (id 9): the reward model saw both."""
-    assert ppo.turn_end([[4, 5, 6], [7, 2, 9]], eos_id=2) == [9]
-    assert ppo.turn_end([[7, 8, 2]], eos_id=2) == []
-    assert ppo.turn_end([[7, 8]], eos_id=2) == []
+    assert reward.turn_end([[4, 5, 6], [7, 2, 9]], eos_id=2) == [9]
+    assert reward.turn_end([[7, 8, 2]], eos_id=2) == []
+    assert reward.turn_end([[7, 8]], eos_id=2) == []
+
+
+class LastTokenScorer(torch.nn.Module):
+    """A stand-in reward model: the score of a sequence is its last non-padding token id."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask):
+        last = input_ids.gather(1, attention_mask.sum(1, keepdim=True) - 1)
+        return SimpleNamespace(logits=last.float())
+
+
+def test_reward_function_scores_ended_answers_with_the_turn_end():
+    """EOS 2, turn end (9). Prompt (1, 2) + answer (5, 2) ended: scored as (1, 2, 5, 2, 9), score 9. Prompt (3) +
+    answer (6, 7) was cut off: scored as it is, score 7. Normalized with mean 1, std 2: (9-1)/2 = 4, (7-1)/2 = 3."""
+    tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    score = reward.reward_function(LastTokenScorer(), {"score_mean": 1.0, "score_std": 2.0}, tokenizer, [9], 8)
+    raw, normalized = score([[1, 2], [3]], [[5, 2], [6, 7]])
+    assert raw.tolist() == [9, 7] and normalized.tolist() == [4, 3]
 
 
 # -- smoke run on the tiny model -------------------------------------------------------------------------------------
 
 SMOKE = {"num_iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2, "max_new_tokens": 8,
          "save_steps": 2, "learning_rate": 1e-2}
-
-
-@pytest.fixture(scope="module")
-def ppo_inputs(tiny_data):
-    """tiny_data with models/sft and models/reward (built here unless another test module already built them)."""
-    if not (tiny_data / "models/reward/reward_stats.json").exists():
-        run_stage(tiny_data, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--out", "models/sft",
-                  "--metrics", "metrics/sft.json", "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
-        run_stage(tiny_data, "reward", "--tokenized", "data/tokenized", "--base", "models/base", "--sft",
-                  "models/sft", "--out", "models/reward", "--metrics", "metrics/reward.json", "--live",
-                  "dvclive/reward", "--checkpoints", "checkpoints/reward")
-    return tiny_data
 
 
 def run_ppo(root, name: str, **overrides):
@@ -186,8 +197,8 @@ def run_ppo(root, name: str, **overrides):
 
 
 @pytest.fixture(scope="module")
-def smoke(ppo_inputs):
-    return ppo_inputs, *run_ppo(ppo_inputs, "ppo-smoke")
+def smoke(tiny_trained):
+    return tiny_trained, *run_ppo(tiny_trained, "ppo-smoke")
 
 
 def test_smoke_metrics_and_outputs(smoke):
@@ -240,3 +251,24 @@ def test_runs_are_deterministic(smoke):
     metrics, again = dict(metrics), dict(again)
     metrics.pop("train_seconds"), again.pop("train_seconds")
     assert metrics == again
+
+
+def test_align_stage_runs_ppo(tiny_trained, tmp_path):
+    """`method: ppo` through the align stage, in its own folder sharing the tiny data and models."""
+    for name in ("data", "models/base", "models/sft", "models/reward"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).symlink_to(tiny_trained / name)
+    write_params(tmp_path / "params.yaml", {**TINY, "method": "ppo", **{f"ppo.{k}": v for k, v in SMOKE.items()}})
+    run_stage(tmp_path, "align", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
+              "--reward", "models/reward", "--out", "models/policy", "--metrics", "metrics/align.json",
+              "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
+    metrics = json.loads((tmp_path / "metrics/align.json").read_text())
+    assert metrics["method"] == "ppo" and metrics["iterations"] == 3 and "oracle_gain" in metrics
+    model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "models/policy",
+                                      Model())
+    assert (tmp_path / "models/policy" / ppo.VALUE_HEAD_FILE).exists()
+    ids = torch.tensor([[5, 17, 23, 42, 7]])
+    with torch.no_grad():
+        with model.disable_adapter():
+            without = model(ids).logits
+        assert not torch.allclose(model(ids).logits, without)  # the saved adapter is the trained one

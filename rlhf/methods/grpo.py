@@ -7,7 +7,7 @@ import dataclasses
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from rlhf import base, generation, policy, reward, scoring, train
+from rlhf import base, generation, policy, reward, train
 from rlhf.io import UserError
 
 
@@ -23,12 +23,11 @@ def prompt_dataset(prompt_ids: list[list[int]], tokenizer) -> Dataset:
     return Dataset.from_dict({"prompt": texts, "prompt_ids": prompt_ids})
 
 
-def reward_model_reward(model, stats: dict, pad_id: int, batch_size: int):
-    """A GRPO reward function: the reward model's normalized score of prompt + completion, on token ids."""
+def reward_model_reward(score):
+    """A GRPO reward function: the reward model's normalized score of prompt + completion, on token ids
+    (`score` is rlhf.reward.reward_function's scorer)."""
     def rm_reward(prompts, completions, completion_ids, prompt_ids, **kwargs):
-        sequences = [p + c for p, c in zip(prompt_ids, completion_ids)]
-        scores = scoring.reward_scores(model, sequences, pad_id, batch_size)
-        return ((scores - stats["score_mean"]) / stats["score_std"]).tolist()
+        return score(prompt_ids, completion_ids)[1].tolist()
     return rm_reward
 
 
@@ -53,7 +52,9 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
 
     # -- rewards: the trained reward model, plus the oracle where asked for
     scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    funcs = [reward_model_reward(scorer, stats, tokenizer.pad_token_id, section.per_device_train_batch_size)]
+    suffix = reward.turn_end(train_rows["chosen_ids"], tokenizer.eos_token_id)
+    funcs = [reward_model_reward(reward.reward_function(scorer, stats, tokenizer, suffix,
+                                                        section.per_device_train_batch_size))]
     task = generation.builtin_task(params.data.source)
     if section.oracle_reward:
         if task is None:

@@ -6,7 +6,8 @@ is plain PyTorch + PEFT, one loop in `run`.
 The policy is the SFT model plus a new LoRA adapter; with the adapter disabled the same weights are the reference, so
 no second copy is loaded. The value head is one linear layer on the policy's last hidden states, trained jointly (its
 gradient reaches the adapter too). Tensors of one rollout are (B, T): B answers, T = the longest answer's tokens,
-right-padded; `mask` is 1 on answer tokens (the EOS included) and 0 on padding.
+right-padded; `mask` is 1 on answer tokens (the EOS included) and 0 on padding. The reward model scores prompt +
+answer + the chat template's turn end (see `rlhf.reward.reward_function`), as it saw answers in training.
 """
 import time
 from pathlib import Path
@@ -140,27 +141,6 @@ def token_stats(model, value_head, ids, attention_mask, starts, width: int, temp
     return logp, values, entropy_from_logits(logits.detach())
 
 
-def turn_end(completions: list[list[int]], eos_id: int) -> list[int]:
-    """The tokens the chat template puts after the EOS that ends an answer (ChatML: a newline after <|im_end|>),
-    read off the tokenized data's completions."""
-    for ids in completions:
-        if eos_id in ids:
-            return ids[len(ids) - ids[::-1].index(eos_id):]
-    return []
-
-
-def reward_function(scorer, stats: dict, tokenizer, suffix: list[int], batch_size: int):
-    """(raw, normalized) reward-model scores of prompt + answer, both (B,). Answers that ended get the template's
-    turn end appended, as every answer the reward model was trained on had it: without it the scores of the tiny
-    task's model spread about 4 times less (the model reads the last token)."""
-    def score(prompts: list[list[int]], answers: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        ended = [a + suffix if a[-1:] == [tokenizer.eos_token_id] else a for a in answers]
-        raw = scoring.reward_scores(scorer, [p + a for p, a in zip(prompts, ended)], tokenizer.pad_token_id,
-                                    batch_size)
-        return raw, (raw - stats["score_mean"]) / stats["score_std"]
-    return score
-
-
 @torch.no_grad()
 def rollout(model, value_head, reward_fn, tokenizer, prompts: list[list[int]], section, seed: int):
     """Sample answers, score them, and compute everything the update needs: (experience dict of tensors, metrics)."""
@@ -274,9 +254,9 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     # -- models: reward model; policy = SFT + new adapter (reference: adapter disabled) with a value head
     scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
     scorer = to_accelerator(scorer, params.model)
-    suffix = turn_end(train_rows["chosen_ids"], tokenizer.eos_token_id)
+    suffix = reward.turn_end(train_rows["chosen_ids"], tokenizer.eos_token_id)
     model, value_head = policy_with_value_head(params, base_dir, sft_dir, lora)
-    reward_fn = reward_function(scorer, stats, tokenizer, suffix, section.mini_batch_size)
+    reward_fn = reward.reward_function(scorer, stats, tokenizer, suffix, section.mini_batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=section.learning_rate, weight_decay=0.0)
 

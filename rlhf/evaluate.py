@@ -1,0 +1,118 @@
+"""evaluate: the aligned policy against the SFT model on the validation split, with fixed seeds.
+
+Every number is computed here from the two models' outputs in this run:
+- win rate of the policy over SFT on the same prompts, judged by the reward model (ties counted apart), and on a
+  built-in task by the oracle too, with both models' mean oracle reward;
+- preference accuracy on the validation pairs by implicit reward: log pi(y|x) - log pi_sft(y|x), chosen above
+  rejected (for DPO-family methods, their own reward; for the others, the same yardstick);
+- KL(policy || SFT) estimated on the policy's own samples, and mean answer lengths, so that drift and length hacking
+  show;
+- loss and perplexity of the chosen validation answers under both models.
+"""
+import statistics
+
+import torch
+
+from rlhf import align, base, generation, policy, reward, scoring, train
+
+
+def win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Shares of rows where `a` beats, ties and loses to `b`. Inputs: (N,) scores of the same prompts."""
+    return {"win_rate": (a > b).float().mean().item(), "tie_rate": (a == b).float().mean().item(),
+            "loss_rate": (a < b).float().mean().item()}
+
+
+def kl_estimate(logp_policy: torch.Tensor, logp_reference: torch.Tensor) -> float:
+    """Monte Carlo KL(policy || reference) = E_{y ~ policy}[log policy(y|x) - log reference(y|x)].
+
+    Inputs: (N,) sequence log-probabilities (summed over answer tokens) of N answers sampled from the policy itself,
+    under each model. Unbiased only when the answers are plain samples of the policy (temperature 1, no top-p).
+    """
+    return (logp_policy - logp_reference).mean().item()
+
+
+def implicit_accuracy(policy_chosen, reference_chosen, policy_rejected, reference_rejected) -> float:
+    """Share of pairs whose implicit reward log pi(y|x) - log pi_ref(y|x) is higher for chosen than for rejected
+    (Rafailov et al. 2023, eq. 5, up to beta). Inputs: (N,) sequence log-probabilities."""
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return (margin > 0).float().mean().item()
+
+
+def histogram(values: dict[str, list[float]], bins: int = 20) -> list[dict]:
+    """Counts of each series in shared equal-width bins: rows {"reward": bin centre, <series>: count, ...}."""
+    low = min(min(v) for v in values.values())
+    high = max(max(v) for v in values.values())
+    width = (high - low) / bins or 1.0
+    rows = [{"reward": round(low + (i + 0.5) * width, 4), **dict.fromkeys(values, 0)} for i in range(bins)]
+    for name, series in values.items():
+        for v in series:
+            rows[min(int((v - low) / width), bins - 1)][name] += 1
+    return rows
+
+
+def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir) -> tuple[dict, list[dict], dict]:
+    """(metrics, readable samples, plot data) for the policy in `policy_dir` against the SFT model."""
+    cfg, tokenizer = params.eval, base.load_tokenizer(base_dir)
+    pad, batch = tokenizer.pad_token_id, params.eval.batch_size
+    validation = train.load_split(tokenized, "validation", 10**9)
+    prompts = validation["prompt_ids"][: cfg.num_prompts]
+    models = {"sft": policy.load_sft_merged(base_dir, sft_dir, params.model).eval(),
+              "policy": align.load_trained_policy(base_dir, sft_dir, policy_dir, params.model)}
+
+    # -- answers from both models, same prompts and seed
+    answers = {name: generation.generate(m, prompts, tokenizer, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                         batch, seed=params.seed) for name, m in models.items()}
+    rm, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
+    suffix = reward.turn_end(validation["chosen_ids"], tokenizer.eos_token_id)
+    score = reward.reward_function(rm, stats, tokenizer, suffix, batch)
+    rm_scores = {name: score(prompts, ans)[0] for name, ans in answers.items()}
+    metrics = {f"rm_{k}": v for k, v in win_rate(rm_scores["policy"], rm_scores["sft"]).items()}
+    metrics |= {f"rm_mean_{name}": s.mean().item() for name, s in rm_scores.items()}
+
+    task = generation.builtin_task(params.data.source)
+    oracle = {}
+    if task:
+        oracle = {name: torch.tensor(generation.oracle_scores(task, prompts, ans, tokenizer))
+                  for name, ans in answers.items()}
+        metrics |= {f"oracle_mean_{name}": s.mean().item() for name, s in oracle.items()}
+        metrics |= {f"oracle_{k}": v for k, v in win_rate(oracle["policy"], oracle["sft"]).items()}
+
+    # -- drift: KL on the policy's own samples, and answer lengths
+    logp = {name: scoring.completion_logprobs(m, prompts, answers["policy"], pad, batch)[0]
+            for name, m in models.items()}
+    metrics["kl_policy_sft"] = kl_estimate(logp["policy"], logp["sft"])
+    metrics |= {f"length_{name}": statistics.mean(len(a) for a in ans) for name, ans in answers.items()}
+
+    # -- the validation pairs: implicit-reward accuracy and the chosen answers' loss
+    pairs = {}
+    for name, m in models.items():
+        for key in ("chosen", "rejected"):
+            pairs[name, key] = scoring.completion_logprobs(m, validation["prompt_ids"], validation[f"{key}_ids"],
+                                                           pad, batch)
+    metrics["implicit_accuracy"] = implicit_accuracy(pairs["policy", "chosen"][0], pairs["sft", "chosen"][0],
+                                                     pairs["policy", "rejected"][0], pairs["sft", "rejected"][0])
+    for name in models:
+        total, count = pairs[name, "chosen"]
+        metrics[f"chosen_loss_{name}"] = -total.sum().item() / count.sum().item()
+        metrics[f"chosen_perplexity_{name}"] = float(torch.exp(torch.tensor(metrics[f"chosen_loss_{name}"])))
+
+    metrics = {k: round(v, 6) for k, v in metrics.items()}
+    samples = readable_samples(prompts, answers, rm_scores, oracle, tokenizer, cfg.num_samples)
+    judged = oracle or rm_scores
+    plots = {"reward_hist": histogram({name: s.tolist() for name, s in judged.items()}),
+             "frontier": [{"method": params.method, "kl": metrics["kl_policy_sft"],
+                           "reward": judged["policy"].mean().item(), "judge": "oracle" if oracle else "reward_model"}]}
+    return metrics, samples, plots
+
+
+def readable_samples(prompts, answers, rm_scores, oracle, tokenizer, n: int) -> list[dict]:
+    rows = []
+    for i in range(min(n, len(prompts))):
+        row = {"prompt": generation.prompt_text(prompts[i], tokenizer)}
+        for name in ("sft", "policy"):
+            row[f"{name}_answer"] = tokenizer.decode(answers[name][i], skip_special_tokens=True)
+            row[f"{name}_reward_model"] = round(rm_scores[name][i].item(), 4)
+            if oracle:
+                row[f"{name}_oracle"] = round(oracle[name][i].item(), 4)
+        rows.append(row)
+    return rows

@@ -1,0 +1,63 @@
+"""evaluate: metric functions on hand-made inputs, and the stage on the tiny models."""
+import json
+import math
+
+import pytest
+import torch
+
+from rlhf import evaluate
+from conftest import run_stage
+from test_align import run_align
+
+
+def test_win_rate_counts_ties_apart():
+    a = torch.tensor([1.0, 2.0, 3.0, 0.5, 2.0])
+    b = torch.tensor([0.0, 2.0, 4.0, 0.5, 1.0])
+    # wins: rows 0 and 4; ties: rows 1 and 3; losses: row 2
+    assert evaluate.win_rate(a, b) == pytest.approx({"win_rate": 0.4, "tie_rate": 0.4, "loss_rate": 0.2})
+
+
+def test_kl_estimate_on_two_known_distributions():
+    """Samples from p = (0.7, 0.2, 0.1); reference q = (0.2, 0.3, 0.5).
+    Exact KL(p || q) = 0.7 ln(0.7/0.2) + 0.2 ln(0.2/0.3) + 0.1 ln(0.1/0.5) = 0.7075."""
+    p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.2, 0.3, 0.5])
+    exact = (p * (p / q).log()).sum().item()
+    assert exact == pytest.approx(0.7 * math.log(3.5) + 0.2 * math.log(2 / 3) + 0.1 * math.log(0.2))
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.multinomial(p, 200_000, replacement=True, generator=generator)
+    estimate = evaluate.kl_estimate(p.log()[samples], q.log()[samples])
+    assert estimate == pytest.approx(exact, abs=0.01)
+    assert evaluate.kl_estimate(p.log()[samples], p.log()[samples]) == 0.0
+
+
+def test_implicit_accuracy_hand_computed():
+    # margins: (1-0)-(0-0)=1 > 0; (0-1)-(0-0)=-1; (2-1)-(3-2)=0 (a tie is not above)
+    policy_chosen, ref_chosen = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 1.0])
+    policy_rejected, ref_rejected = torch.tensor([0.0, 0.0, 3.0]), torch.tensor([0.0, 0.0, 2.0])
+    assert evaluate.implicit_accuracy(policy_chosen, ref_chosen, policy_rejected, ref_rejected) == pytest.approx(1 / 3)
+
+
+def test_histogram_keeps_every_value():
+    rows = evaluate.histogram({"sft": [0.0, 0.5, 1.0, 1.0], "policy": [1.0, 1.5]}, bins=3)
+    assert [r["reward"] for r in rows] == [0.25, 0.75, 1.25]
+    assert [r["sft"] for r in rows] == [1, 1, 2] and [r["policy"] for r in rows] == [0, 0, 2]
+
+
+def test_evaluate_stage(tiny_trained, tmp_path):
+    work = run_align(tiny_trained, tmp_path, "dpo", **{"eval.num_prompts": 12, "eval.num_samples": 3})
+    run_stage(work, "evaluate", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
+              "--reward", "models/reward", "--policy", "models/policy", "--metrics", "metrics/eval.json",
+              "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+    metrics = json.loads((work / "metrics/eval.json").read_text())
+    assert metrics["rm_win_rate"] + metrics["rm_tie_rate"] + metrics["rm_loss_rate"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["oracle_win_rate"] + metrics["oracle_tie_rate"] + metrics["oracle_loss_rate"] == pytest.approx(1.0, abs=1e-5)
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    assert metrics["chosen_perplexity_sft"] == pytest.approx(math.exp(metrics["chosen_loss_sft"]), rel=1e-5)
+    assert metrics["kl_policy_sft"] > -0.5  # an estimate of a non-negative quantity; noisy on 12 samples
+    samples = [json.loads(line) for line in (work / "metrics/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and {"prompt", "sft_answer", "policy_answer", "policy_oracle"} <= set(samples[0])
+    hist = json.loads((work / "metrics/plots/reward_hist.json").read_text())
+    assert sum(r["sft"] for r in hist) == sum(r["policy"] for r in hist) == 12
+    frontier = json.loads((work / "metrics/plots/frontier.json").read_text())
+    assert frontier[0]["method"] == "dpo" and frontier[0]["kl"] == metrics["kl_policy_sft"]
+    assert frontier[0]["reward"] == pytest.approx(metrics["oracle_mean_policy"], abs=1e-6)
