@@ -33,7 +33,7 @@ test-all: $(STAMP)
 
 # Every alignment method as a DVC experiment on the same data, then the comparison table.
 METHODS := dpo orpo ppo simpo kto grpo
-SHOW := dvc exp show --no-pager --drop '.*' --keep 'Experiment|Created|^method$$|oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy|eval.json:chosen_loss_policy'
+SHOW := dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy'
 compare: $(STAMP)
 	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m; done
 	dvc exp run --run-all --jobs 1
