@@ -138,17 +138,25 @@ def load_split(tokenized: str | Path, split: str, max_length: int):
     return dataset
 
 
+def open_live(live_dir: str | Path):
+    """A DVCLive logger writing into `live_dir` (curves only: our dvc.yaml declares the plots), or None where DVCLive
+    cannot run, e.g. in a git repo with no commit yet: training goes on without curves."""
+    from dvclive import Live
+
+    try:
+        return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    except Exception as err:
+        print(f"warning: DVCLive is off for this run ({type(err).__name__}: {err})")
+        return None
+
+
 def trackers(tracking, live_dir: str | Path) -> tuple[list[str], list]:
     """(report_to, callbacks): DVCLive into `live_dir`, plus offline-capable wandb when tracking.wandb is on.
     A missing or unreachable backend never stops a run."""
-    from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
-    callbacks = []
-    try:
-        callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)))
-    except Exception as err:  # e.g. a git repo with no commit yet: train anyway, without curves
-        print(f"warning: DVCLive is off for this run ({type(err).__name__}: {err})")
+    live = open_live(live_dir)
+    callbacks = [DVCLiveCallback(live=live)] if live is not None else []
     report_to = []
     if tracking.wandb:
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from rlhf import base, config, tokenize
-from rlhf.io import atomic_dir, provenance, read_jsonl, run, write_json
+from rlhf.io import UserError, atomic_dir, provenance, read_jsonl, run, write_json
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
         if split == "validation":  # longest first in tokens, as prepare did in characters
             examples.sort(key=tokenize.total_length, reverse=True)
         if not examples:
-            raise tokenize.UserError(f"tokenize: every {split} row was dropped ({dict(counts)}); raise the "
+            raise UserError(f"tokenize: every {split} row was dropped ({dict(counts)}); raise the "
                                      "tokenize.max_* limits or set tokenize.overlong: truncate.")
         splits[split] = Dataset.from_list(examples)
         lengths = [tokenize.total_length(e) for e in examples]

@@ -213,3 +213,14 @@ def test_wandb_option_works_offline(tiny_data, monkeypatch, tmp_path):
     assert metrics["steps"] == 2
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+
+
+def test_dvclive_failure_never_stops_training(tmp_path, monkeypatch):
+    """DVCLive refuses to start in a git repo without a commit; training goes on without curves."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    assert train.open_live(tmp_path / "live") is None
+    report_to, callbacks = train.trackers(config.Tracking(), tmp_path / "live")
+    assert (report_to, callbacks) == ([], [])

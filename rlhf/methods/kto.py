@@ -22,7 +22,7 @@ class PretokenizedKTOTrainer(KTOTrainer):
 
 
 def unpair(dataset):
-    """Desirable and undesirable rows, interleaved by a seeded shuffle so that batches mix both labels."""
+    """Desirable and undesirable rows, all desirable first: shuffle them so that batches mix both labels."""
     columns = dataset.column_names
     return dataset.map(tokenize.unpaired_columns, batched=True, remove_columns=columns)
 

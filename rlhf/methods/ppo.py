@@ -238,7 +238,6 @@ def policy_with_value_head(params, base_dir, sft_dir, lora):
 def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
     """Train; save the policy's LoRA adapter, the value head and the tokenizer into `out`; return (metrics of the
     last iteration plus `iterations` and `train_seconds`, the trained policy)."""
-    from dvclive import Live
     from tqdm.auto import tqdm
 
     section = params.ppo
@@ -262,7 +261,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
 
     # -- train: sample, score, update; log and checkpoint
     checkpoints = train.fresh_dir(checkpoints)
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    live = train.open_live(live_dir)
     start = time.time()
     bar = tqdm(range(1, section.num_iterations + 1), desc="ppo")
     for iteration in bar:
@@ -273,14 +272,15 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
         metrics.update(update(model, value_head, optimizer, experience, section, seed=params.seed + iteration))
         metrics = {k: round(v, 6) for k, v in metrics.items()}
         bar.set_postfix(score=metrics["score"], kl=metrics["kl"])
-        if iteration % section.logging_steps == 0 or iteration == section.num_iterations:
+        if live is not None and (iteration % section.logging_steps == 0 or iteration == section.num_iterations):
             for name, value in metrics.items():
                 live.log_metric(name, value)
             live.next_step()
         if iteration % section.save_steps == 0:
             save(checkpoints / f"iter-{iteration}", model, value_head, optimizer=optimizer, iteration=iteration)
     wall = time.time() - start
-    live.end()
+    if live is not None:
+        live.end()
 
     save(Path(out), model, value_head, tokenizer=tokenizer)
     return {**metrics, "iterations": section.num_iterations, "train_seconds": round(wall, 2),
