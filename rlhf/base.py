@@ -67,13 +67,13 @@ def pretrain(model, tokenizer, train_rows: list[dict], cfg: Model, seed: int) ->
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
+    if cfg.pretrain.max_steps == 0:
+        return {"pretrain_steps": 0}
     texts = [tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=False)
              for row in train_rows for key in ("chosen", "rejected")]
     limit = model.config.max_position_embeddings
     data = Dataset.from_dict({"text": texts}).map(
         lambda b: tokenizer(b["text"], truncation=True, max_length=limit), batched=True, remove_columns=["text"])
-    if cfg.pretrain.max_steps == 0:
-        return {"pretrain_steps": 0}
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     with tempfile.TemporaryDirectory(prefix="pretrain-") as scratch:  # nothing to keep: the stage saves the model
         args = TrainingArguments(

@@ -8,7 +8,6 @@ import torch
 from rlhf import base, config, reward, scoring, sft, tokenize, train
 from rlhf.config import Model
 from rlhf.io import UserError
-from conftest import run_stage
 
 
 # -- presets and hardware checks ------------------------------------------------------------------------------------
@@ -88,23 +87,16 @@ def test_completion_only_loss_on_a_hand_made_example(tiny_data):
     assert batch["labels"][1].tolist() == [-100] * n_prompt + example["chosen_ids"][:3] + [-100] * (n_chosen - 3)
 
 
-@pytest.fixture(scope="module")
-def sft_run(tiny_data):
-    run_stage(tiny_data, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--out", "models/sft",
-              "--metrics", "metrics/sft.json", "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
-    return tiny_data
-
-
-def test_sft_stage_outputs(sft_run):
-    out = sft_run / "models/sft"
+def test_sft_stage_outputs(tiny_trained):
+    out = tiny_trained / "models/sft"
     assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
-    metrics = json.loads((sft_run / "metrics/sft.json").read_text())
+    metrics = json.loads((tiny_trained / "metrics/sft.json").read_text())
     assert metrics["steps"] == 4 and metrics["tokens_seen"] > 0 and metrics["preset"] == "cpu"
     assert metrics["eval_perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"], rel=1e-5)
     provenance = json.loads((out / "sft.json").read_text())
     assert provenance["params"]["sft"]["max_steps"] == 4 and "trl" in provenance["versions"]
-    assert (sft_run / "dvclive/sft/plots/metrics/loss.tsv").exists()
-    assert list((sft_run / "checkpoints/sft").glob("checkpoint-*"))
+    assert (tiny_trained / "dvclive/sft/plots/metrics/loss.tsv").exists()
+    assert list((tiny_trained / "checkpoints/sft").glob("checkpoint-*"))
 
 
 def test_sft_adapter_loads_back_with_same_outputs(tiny_data):
@@ -157,30 +149,22 @@ def test_sft_is_deterministic(tiny_data):
 
 # -- reward model ----------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def reward_run(sft_run):
-    run_stage(sft_run, "reward", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
-              "--out", "models/reward", "--metrics", "metrics/reward.json", "--live", "dvclive/reward",
-              "--checkpoints", "checkpoints/reward")
-    return sft_run
-
-
-def test_reward_stage_outputs_and_stats(reward_run):
-    metrics = json.loads((reward_run / "metrics/reward.json").read_text())
-    stats = json.loads((reward_run / "models/reward" / reward.STATS_FILE).read_text())
+def test_reward_stage_outputs_and_stats(tiny_trained):
+    metrics = json.loads((tiny_trained / "metrics/reward.json").read_text())
+    stats = json.loads((tiny_trained / "models/reward" / reward.STATS_FILE).read_text())
     for key in ("accuracy", "mean_margin", "score_mean", "score_std"):
         assert metrics[key] == stats[key]
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["score_std"] > 0
-    assert (reward_run / "dvclive/reward/plots/metrics/loss.tsv").exists()
+    assert (tiny_trained / "dvclive/reward/plots/metrics/loss.tsv").exists()
 
 
-def test_reward_score_matches_a_direct_forward_pass(reward_run):
+def test_reward_score_matches_a_direct_forward_pass(tiny_trained):
     from datasets import load_from_disk
 
-    model, stats = reward.load_reward_model(reward_run / "models/base", reward_run / "models/sft",
-                                            reward_run / "models/reward", Model())
-    tokenizer = base.load_tokenizer(reward_run / "models/base")
-    validation = load_from_disk(str(reward_run / "data/tokenized"), keep_in_memory=True)["validation"]
+    model, stats = reward.load_reward_model(tiny_trained / "models/base", tiny_trained / "models/sft",
+                                            tiny_trained / "models/reward", Model())
+    tokenizer = base.load_tokenizer(tiny_trained / "models/base")
+    validation = load_from_disk(str(tiny_trained / "data/tokenized"), keep_in_memory=True)["validation"]
     rows = [tokenize.reward_columns(validation[i]) for i in range(3)]
     sequences = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
     batched = scoring.reward_scores(model, sequences, tokenizer.pad_token_id, batch_size=6)
