@@ -2,7 +2,6 @@
 
 The scorer is the base model with the SFT adapter merged in, a one-output sequence-classification head reading the
 last non-padding token, and a new LoRA adapter (task type SEQ_CLS, which also trains the head)."""
-import time
 from pathlib import Path
 
 import torch
@@ -75,8 +74,9 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
     tokenizer = base.load_tokenizer(base_dir)
     model = load_scorer(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    args = RewardConfig(**train.common_args(section, params.model, params.seed, train.fresh_dir(checkpoints),
-                                            report_to))
+    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir], seed=params.seed, model=params.model,
+                                lora=lora, compute=params.compute, reward=section)
+    args = RewardConfig(**train.common_args(section, params.model, params.seed, checkpoints, report_to))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                             processing_class=tokenizer, peft_config=train.lora_config(lora, "SEQ_CLS"),
                             callbacks=callbacks)
@@ -84,9 +84,7 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
         raise RuntimeError(f"RewardTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
 
     # -- train, measure on validation, save
-    start = time.time()
-    trainer.train()
-    wall = time.time() - start
+    wall = train.train_resumable(trainer, resume)
     model = trainer.model.eval()
     stats = pair_stats(*score_pairs(model, validation, tokenizer.pad_token_id, section.per_device_train_batch_size))
     trainer.save_model(out)

@@ -9,7 +9,7 @@ policy samples on validation prompts.
 """
 import argparse
 
-from rlhf import align, config
+from rlhf import align, config, train
 from rlhf.io import atomic_dir, provenance, run, write_json
 
 
@@ -37,6 +37,7 @@ def main():
             seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, **{params.method: section})})
     write_json(args.metrics, {"method": params.method, **metrics})
     print(f"align ({params.method}): {metrics}")
+    train.discard_checkpoints(args.checkpoints)  # only a run that died resumes
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ score mean and std, which later stages use to normalize rewards).
 """
 import argparse
 
-from rlhf import config, reward
+from rlhf import config, reward, train
 from rlhf.io import atomic_dir, provenance, run, write_json
 
 
@@ -31,6 +31,7 @@ def main():
             seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, reward=params.reward)})
     write_json(args.metrics, {**metrics, **settings})
     print(f"reward: {metrics}")
+    train.discard_checkpoints(args.checkpoints)  # only a run that died resumes
 
 
 if __name__ == "__main__":

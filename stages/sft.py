@@ -8,7 +8,7 @@ Checkpoints go to CHECKPOINTS, outside the stage's outputs; curves to the DVCLiv
 """
 import argparse
 
-from rlhf import config, sft
+from rlhf import config, sft, train
 from rlhf.io import atomic_dir, provenance, run, write_json
 
 
@@ -29,6 +29,7 @@ def main():
             seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, sft=params.sft)})
     write_json(args.metrics, {**metrics, **settings})
     print(f"sft: {metrics}")
+    train.discard_checkpoints(args.checkpoints)  # only a run that died resumes
 
 
 if __name__ == "__main__":

@@ -117,6 +117,33 @@ def test_tracking_switch_reruns_nothing(repo):
     set_params(repo, tracking__wandb=False)
 
 
+def test_killed_training_stage_resumes_on_the_next_repro(repo):
+    """SIGKILL `dvc repro` and its sft stage once a checkpoint is complete: `dvc checkout` brings back the committed
+    outputs, and the next `dvc repro` resumes from that checkpoint instead of starting over."""
+    import signal
+    import time
+
+    committed = (repo / "models/sft/adapter_model.safetensors").read_bytes()
+    set_params(repo, sft__max_steps=150, sft__save_steps=5, sft__eval_steps=50)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not list((repo / "checkpoints/sft").glob("checkpoint-*/complete.json")):
+        assert proc.poll() is None and time.time() < deadline, "the stage ended before any checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sh(repo, "dvc", "checkout")  # the outputs dvc.lock names come back from the cache
+    assert (repo / "models/sft/adapter_model.safetensors").read_bytes() == committed
+    rerun = sh(repo, "dvc", "repro")
+    assert "checkpoints: resuming from" in rerun.stdout
+    assert ran(rerun) == ["sft", "reward", "align", "evaluate"]
+    assert json.loads((repo / "metrics/sft.json").read_text())["steps"] == 150
+    assert not (repo / "checkpoints/sft").exists()
+    assert not list(repo.rglob(".sft.tmp-*"))  # the killed run's temporary output was cleared by the rerun
+
+
 def test_bad_param_fails_cleanly_and_cache_restores(repo):
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("sample_ratio:", "sampel_ratio:"))

@@ -188,11 +188,12 @@ SMOKE = {"num_iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 4, "pp
          "save_steps": 2, "learning_rate": 1e-2}
 
 
-def run_ppo(root, name: str, **overrides):
+def run_ppo(root, name: str, checkpoints: str | None = None, **overrides):
     params = config.load(root / "params.yaml")
     params = dataclasses.replace(params, ppo=dataclasses.replace(params.ppo, **(SMOKE | overrides)))
     metrics, model = ppo.run(params, root / "data/tokenized", root / "models/base", root / "models/sft",
-                             root / "models/reward", root / name, root / "checkpoints" / name, root / "dvclive" / name)
+                             root / "models/reward", root / name, root / "checkpoints" / (checkpoints or name),
+                             root / "dvclive" / name)
     return params, metrics, model
 
 
@@ -272,3 +273,20 @@ def test_align_stage_runs_ppo(tiny_trained, tmp_path):
         with model.disable_adapter():
             without = model(ids).logits
         assert not torch.allclose(model(ids).logits, without)  # the saved adapter is the trained one
+
+
+def test_resume_from_a_checkpoint_equals_the_whole_run(smoke):
+    """The smoke run (3 iterations) left a complete checkpoint at iteration 2. A run with the same params resumes
+    there, skips a half-written iter-3, and ends with the whole run's adapter, value head, metrics and curves."""
+    root, params, metrics, model = smoke
+    half_written = root / "checkpoints/ppo-smoke/iter-3"
+    half_written.mkdir()
+    (half_written / "adapter_model.safetensors").write_bytes(b"cut off")
+    _, resumed, _ = run_ppo(root, "ppo-resumed", checkpoints="ppo-smoke")
+    assert {**resumed, "train_seconds": 0} == {**metrics, "train_seconds": 0}
+    for name in ("adapter_model.safetensors", ppo.VALUE_HEAD_FILE):
+        assert (root / "ppo-resumed" / name).read_bytes() == (root / "ppo-smoke" / name).read_bytes(), name
+    curve = "dvclive/{}/plots/metrics/kl.tsv"
+    assert (root / curve.format("ppo-resumed")).read_text() == (root / curve.format("ppo-smoke")).read_text()
+    _, other, _ = run_ppo(root, "ppo-other", checkpoints="ppo-smoke", learning_rate=2e-2)  # other params: start over
+    assert other["policy_loss"] != metrics["policy_loss"]

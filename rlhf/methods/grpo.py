@@ -65,12 +65,14 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     # -- trainer
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
+    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+                                **train.align_sections(params, "grpo"))
     fields = {k: v for k, v in dataclasses.asdict(section).items() if k != "oracle_reward"}
-    config = GRPOConfig(**fields, **train.precision_args(params.model), output_dir=str(train.fresh_dir(checkpoints)),
+    config = GRPOConfig(**fields, **train.precision_args(params.model), output_dir=str(checkpoints),
                         seed=params.seed, data_seed=params.seed, report_to=report_to, save_strategy="steps",
                         save_total_limit=2, activation_checkpointing=False, top_k=0)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=prompts,
                           processing_class=tokenizer, peft_config=train.lora_config(lora, "CAUSAL_LM"),
                           callbacks=callbacks)
-    metrics = train.fit(trainer, out, len(prompts))
+    metrics = train.fit(trainer, out, len(prompts), resume)
     return {**metrics, **chosen}, trainer.model

@@ -201,8 +201,8 @@ def update(model, value_head, optimizer, experience: dict, section, seed: int) -
     return {name: sum(v) / len(v) for name, v in logged.items()}
 
 
-def save(folder: Path, model, value_head, tokenizer=None, optimizer=None, iteration: int | None = None) -> None:
-    """The adapter and value head (and the tokenizer, or the optimizer state and iteration for a checkpoint)."""
+def save(folder: Path, model, value_head, tokenizer=None) -> None:
+    """The adapter, the value head and (for the final output) the tokenizer."""
     from safetensors.torch import save_file
 
     model.save_pretrained(folder)
@@ -210,8 +210,29 @@ def save(folder: Path, model, value_head, tokenizer=None, optimizer=None, iterat
               Path(folder) / VALUE_HEAD_FILE)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(), "iteration": iteration}, Path(folder) / TRAINER_STATE_FILE)
+
+
+def save_checkpoint(folder: Path, model, value_head, optimizer, iteration: int, history: list[dict]) -> None:
+    """Everything a resumed run needs: weights, optimizer state, iteration and logged metrics; marked complete
+    last, so a crash while saving leaves a folder that is never resumed from."""
+    save(folder, model, value_head)
+    torch.save({"optimizer": optimizer.state_dict(), "iteration": iteration, "history": history},
+               Path(folder) / TRAINER_STATE_FILE)
+    train.mark_complete(folder, iteration)
+
+
+def load_checkpoint(folder: str, model, value_head, optimizer) -> tuple[int, list[dict]]:
+    """Restore what save_checkpoint wrote; returns (iteration, history). Each iteration draws from its own seed, so
+    the run goes on exactly as if it had not stopped."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    set_peft_model_state_dict(model, load_file(Path(folder) / "adapter_model.safetensors", device=str(device)))
+    value_head.load_state_dict(load_file(Path(folder) / VALUE_HEAD_FILE, device=str(device)))
+    state = torch.load(Path(folder) / TRAINER_STATE_FILE, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    return state["iteration"], state["history"]
 
 
 def to_accelerator(model, cfg):
@@ -231,6 +252,12 @@ def policy_with_value_head(params, base_dir, sft_dir, lora):
     for weight in value_head.parameters():  # V = 0, the normalized reward's mean: no noise in the first advantages
         torch.nn.init.zeros_(weight)
     return model, value_head
+
+
+def log(live, metrics: dict) -> None:
+    for name, value in metrics.items():
+        live.log_metric(name, value)
+    live.next_step()
 
 
 # -- the loop -------------------------------------------------------------------------------------------------------
@@ -259,11 +286,17 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=section.learning_rate, weight_decay=0.0)
 
-    # -- train: sample, score, update; log and checkpoint
-    checkpoints = train.fresh_dir(checkpoints)
+    # -- resume from the last complete checkpoint of a run with the same params, inputs and code
+    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir], prefix="iter-",
+                                **train.align_sections(params, "ppo"))
+    done, history = load_checkpoint(resume, model, value_head, optimizer) if resume else (0, [])
     live = train.open_live(live_dir)
+    for entry in history if live is not None else []:  # the curves show the whole run
+        log(live, entry)
+
+    # -- train: sample, score, update; log and checkpoint
     start = time.time()
-    bar = tqdm(range(1, section.num_iterations + 1), desc="ppo")
+    bar = tqdm(range(done + 1, section.num_iterations + 1), desc="ppo", initial=done, total=section.num_iterations)
     for iteration in bar:
         first = (iteration - 1) * section.rollout_batch_size
         batch = [prompts[order[k % len(order)]] for k in range(first, first + section.rollout_batch_size)]
@@ -272,16 +305,17 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
         metrics.update(update(model, value_head, optimizer, experience, section, seed=params.seed + iteration))
         metrics = {k: round(v, 6) for k, v in metrics.items()}
         bar.set_postfix(score=metrics["score"], kl=metrics["kl"])
-        if live is not None and (iteration % section.logging_steps == 0 or iteration == section.num_iterations):
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.next_step()
+        if iteration % section.logging_steps == 0 or iteration == section.num_iterations:
+            history.append(metrics)
+            if live is not None:
+                log(live, metrics)
         if iteration % section.save_steps == 0:
-            save(checkpoints / f"iter-{iteration}", model, value_head, optimizer=optimizer, iteration=iteration)
+            save_checkpoint(Path(checkpoints) / f"iter-{iteration}", model, value_head, optimizer, iteration, history)
+            train.prune_checkpoints(checkpoints, "iter-")
     wall = time.time() - start
     if live is not None:
         live.end()
 
     save(Path(out), model, value_head, tokenizer=tokenizer)
-    return {**metrics, "iterations": section.num_iterations, "train_seconds": round(wall, 2),
+    return {**history[-1], "iterations": section.num_iterations, "train_seconds": round(wall, 2),
             "lora_r": lora.r, "lora_alpha": lora.lora_alpha}, model

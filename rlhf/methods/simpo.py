@@ -26,10 +26,12 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
 
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    config = train.common_args(section, params.model, params.seed, train.fresh_dir(checkpoints), report_to)
+    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+                                **train.align_sections(params, "simpo"))
+    config = train.common_args(section, params.model, params.seed, checkpoints, report_to)
     trainer = PretokenizedCPOTrainer(
         model=model, args=CPOConfig(**config, loss_type="simpo"), train_dataset=train_rows, eval_dataset=validation,
         processing_class=base.load_tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
         callbacks=callbacks)
-    metrics = train.fit(trainer, out, len(train_rows))
+    metrics = train.fit(trainer, out, len(train_rows), resume)
     return {**metrics, **chosen}, trainer.model
