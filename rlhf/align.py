@@ -19,6 +19,14 @@ def method_runner(name: str):
     return importlib.import_module(f"rlhf.methods.{name}").run
 
 
+def check_processes(params) -> None:
+    """Our PPO loop is plain PyTorch, not an accelerate-ready trainer: it runs in one process."""
+    several = params.compute.num_processes > 1 or params.compute.accelerate_config is not None
+    if params.method == "ppo" and several:
+        raise UserError("method ppo trains in one process (its loop is ours, not an accelerate trainer), but compute "
+                        "asks for several. Set compute.num_processes: 1 and compute.accelerate_config: null for ppo.")
+
+
 def starts_from_sft(params) -> bool:
     """Every method adds its adapter to the SFT model, except ORPO with `orpo.init: base`."""
     return not (params.method == "orpo" and params.orpo.init == "base")

@@ -122,6 +122,16 @@ class Lora:
 @dataclass
 class Compute:
     preset: Literal["auto", "low_memory", "standard", "cpu"] = "auto"
+    num_processes: int = field(default=1, metadata=_range(1))
+    accelerate_config: str | None = None
+
+    def __post_init__(self):
+        if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
+            raise ConfigError(
+                f"params.yaml: compute.accelerate_config = {self.accelerate_config!r} is not a file. Give the path of "
+                "an accelerate config (e.g. configs/accelerate/ddp.yaml, or one written by `accelerate config`), "
+                "relative to the project folder, or null to train in one process."
+            )
 
 
 @dataclass

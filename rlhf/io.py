@@ -37,11 +37,11 @@ def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_plain) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=plain) + "\n")
     os.replace(tmp, path)
 
 
-def _plain(obj):
+def plain(obj):
     """JSON for the config dataclasses and paths that provenance records."""
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)

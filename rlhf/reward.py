@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf import base, scoring, tokenize, train
+from rlhf import base, launch, resuming, scoring, tokenize, train
 from rlhf.config import Params
 from rlhf.io import read_json, write_json
 
@@ -74,8 +74,8 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
     tokenizer = base.load_tokenizer(base_dir)
     model = load_scorer(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir], seed=params.seed, model=params.model,
-                                lora=lora, compute=params.compute, reward=section)
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir], seed=params.seed, model=params.model,
+                                   lora=lora, compute=params.compute, reward=section)
     args = RewardConfig(**train.common_args(section, params.model, params.seed, checkpoints, report_to))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                             processing_class=tokenizer, peft_config=train.lora_config(lora, "SEQ_CLS"),
@@ -84,11 +84,12 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
         raise RuntimeError(f"RewardTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
 
     # -- train, measure on validation, save
-    wall = train.train_resumable(trainer, resume)
+    wall = resuming.train_resumable(trainer, resume)
     model = trainer.model.eval()
     stats = pair_stats(*score_pairs(model, validation, tokenizer.pad_token_id, section.per_device_train_batch_size))
     trainer.save_model(out)
-    write_json(Path(out) / STATS_FILE, stats)
+    if launch.is_main_process():
+        write_json(Path(out) / STATS_FILE, stats)
     metrics = {"train_loss": train.last_logged(trainer.state.log_history, "loss"), **stats,
                "steps": trainer.state.global_step, "train_seconds": round(wall, 2)}
     return metrics, chosen, model

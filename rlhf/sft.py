@@ -2,7 +2,7 @@
 TRL's SFTTrainer as configured by the `sft` and `lora` sections."""
 import math
 
-from rlhf import base, scoring, tokenize, train
+from rlhf import base, resuming, scoring, tokenize, train
 from rlhf.config import Params
 
 
@@ -26,8 +26,8 @@ def run_sft(params: Params, tokenized: str, base_dir: str, out: str, checkpoints
     tokenizer = base.load_tokenizer(base_dir)
     model = train.load_model(base_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = train.resume_point(checkpoints, [tokenized, base_dir], seed=params.seed, model=params.model, lora=lora,
-                                compute=params.compute, sft=section)
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir], seed=params.seed, model=params.model, lora=lora,
+                                   compute=params.compute, sft=section)
     args = SFTConfig(**train.common_args(section, params.model, params.seed, checkpoints, report_to),
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
@@ -37,7 +37,7 @@ def run_sft(params: Params, tokenized: str, base_dir: str, out: str, checkpoints
         raise RuntimeError(f"SFTTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
 
     # -- train, measure, save
-    wall = train.train_resumable(trainer, resume)
+    wall = resuming.train_resumable(trainer, resume)
     model = trainer.model.eval()
     nll, count = scoring.completion_logprobs(model, validation["prompt_ids"], validation["chosen_ids"],
                                              tokenizer.pad_token_id, section.per_device_train_batch_size)

@@ -9,8 +9,8 @@ policy samples on validation prompts.
 """
 import argparse
 
-from rlhf import align, config, train
-from rlhf.io import atomic_dir, provenance, run, write_json
+from rlhf import align, config, launch, resuming
+from rlhf.io import provenance, run, write_json
 
 
 def main():
@@ -26,18 +26,25 @@ def main():
     args = parser.parse_args()
     params = config.load()
     run_method = align.method_runner(params.method)
+    align.check_processes(params)
+    if launch.relaunch(params.compute, "stages.align"):
+        return
 
-    with atomic_dir(args.out) as tmp:
+    with launch.stage_output(args.out) as tmp:
         metrics, model = run_method(params, args.tokenized, args.base, args.sft, args.reward, tmp, args.checkpoints,
                                     args.live)
-        metrics.update(align.oracle_check(params, args.tokenized, args.base, args.sft, model))
-        starts_from = "sft" if align.starts_from_sft(params) else "base"
-        section = getattr(params, params.method)
-        write_json(tmp / align.INFO_FILE, {"method": params.method, "starts_from": starts_from, **provenance(
-            seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, **{params.method: section})})
+        if launch.is_main_process():
+            metrics.update(align.oracle_check(params, args.tokenized, args.base, args.sft, model))
+            starts_from = "sft" if align.starts_from_sft(params) else "base"
+            section = getattr(params, params.method)
+            write_json(tmp / align.INFO_FILE, {"method": params.method, "starts_from": starts_from, **provenance(
+                seed=params.seed, model=params.model, lora=params.lora, compute=params.compute,
+                **{params.method: section})})
+    if not launch.is_main_process():
+        return
     write_json(args.metrics, {"method": params.method, **metrics})
     print(f"align ({params.method}): {metrics}")
-    train.discard_checkpoints(args.checkpoints)  # only a run that died resumes
+    resuming.discard_checkpoints(args.checkpoints)  # only a run that died resumes
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ score mean and std, which later stages use to normalize rewards).
 """
 import argparse
 
-from rlhf import config, reward, train
-from rlhf.io import atomic_dir, provenance, run, write_json
+from rlhf import config, launch, resuming, reward
+from rlhf.io import provenance, run, write_json
 
 
 def main():
@@ -23,15 +23,20 @@ def main():
     parser.add_argument("--checkpoints", required=True, help="scratch folder for training checkpoints")
     args = parser.parse_args()
     params = config.load()
+    if launch.relaunch(params.compute, "stages.reward"):
+        return
 
-    with atomic_dir(args.out) as tmp:
+    with launch.stage_output(args.out) as tmp:
         metrics, settings, _ = reward.run_reward(params, args.tokenized, args.base, args.sft, tmp, args.checkpoints,
                                                  args.live)
-        write_json(tmp / "reward.json", {"settings": settings, **provenance(
-            seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, reward=params.reward)})
+        if launch.is_main_process():
+            write_json(tmp / "reward.json", {"settings": settings, **provenance(
+                seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, reward=params.reward)})
+    if not launch.is_main_process():
+        return
     write_json(args.metrics, {**metrics, **settings})
     print(f"reward: {metrics}")
-    train.discard_checkpoints(args.checkpoints)  # only a run that died resumes
+    resuming.discard_checkpoints(args.checkpoints)  # only a run that died resumes
 
 
 if __name__ == "__main__":

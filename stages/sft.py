@@ -8,8 +8,8 @@ Checkpoints go to CHECKPOINTS, outside the stage's outputs; curves to the DVCLiv
 """
 import argparse
 
-from rlhf import config, sft, train
-from rlhf.io import atomic_dir, provenance, run, write_json
+from rlhf import config, launch, resuming, sft
+from rlhf.io import provenance, run, write_json
 
 
 def main():
@@ -22,14 +22,19 @@ def main():
     parser.add_argument("--checkpoints", required=True, help="scratch folder for training checkpoints")
     args = parser.parse_args()
     params = config.load()
+    if launch.relaunch(params.compute, "stages.sft"):
+        return
 
-    with atomic_dir(args.out) as tmp:
+    with launch.stage_output(args.out) as tmp:
         metrics, settings, _ = sft.run_sft(params, args.tokenized, args.base, tmp, args.checkpoints, args.live)
-        write_json(tmp / "sft.json", {"settings": settings, **provenance(
-            seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, sft=params.sft)})
+        if launch.is_main_process():
+            write_json(tmp / "sft.json", {"settings": settings, **provenance(
+                seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, sft=params.sft)})
+    if not launch.is_main_process():
+        return
     write_json(args.metrics, {**metrics, **settings})
     print(f"sft: {metrics}")
-    train.discard_checkpoints(args.checkpoints)  # only a run that died resumes
+    resuming.discard_checkpoints(args.checkpoints)  # only a run that died resumes
 
 
 if __name__ == "__main__":

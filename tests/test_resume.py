@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from rlhf import train
+from rlhf import resuming
 from tests.conftest import REPO, TINY, write_params
 
 
@@ -18,7 +18,7 @@ def make_checkpoint(folder, step, complete=True):
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(b"weights")
     if complete:
-        train.mark_complete(path, step)
+        resuming.mark_complete(path, step)
     return path
 
 
@@ -27,23 +27,23 @@ def test_resume_point_takes_the_newest_complete_checkpoint(tmp_path):
     inputs.mkdir()
     (inputs / "data.arrow").write_text("rows")
     checkpoints = tmp_path / "checkpoints"
-    assert train.resume_point(checkpoints, [inputs], lr=1.0) is None  # nothing yet; records the fingerprint
+    assert resuming.resume_point(checkpoints, [inputs], lr=1.0) is None  # nothing yet; records the fingerprint
     make_checkpoint(checkpoints, 2)
     newest = make_checkpoint(checkpoints, 10)
     half_written = make_checkpoint(checkpoints, 12, complete=False)  # the crash came while saving it
-    assert train.resume_point(checkpoints, [inputs], lr=1.0) == str(newest)
+    assert resuming.resume_point(checkpoints, [inputs], lr=1.0) == str(newest)
     assert not half_written.exists()
-    assert train.resume_point(checkpoints, [inputs], lr=1.0) == str(newest)  # resuming twice is fine
+    assert resuming.resume_point(checkpoints, [inputs], lr=1.0) == str(newest)  # resuming twice is fine
 
 
 def test_the_last_step_is_not_resumed_from(tmp_path):
     """Resumed from its final step, the Trainer would take one step too many: take the checkpoint before it."""
     checkpoints = tmp_path / "checkpoints"
-    train.resume_point(checkpoints, [], lr=1.0)
+    resuming.resume_point(checkpoints, [], lr=1.0)
     before = make_checkpoint(checkpoints, 5)
     (make_checkpoint(checkpoints, 10) / "trainer_state.json").write_text('{"global_step": 10, "max_steps": 10}')
     (before / "trainer_state.json").write_text('{"global_step": 5, "max_steps": 10}')
-    assert train.resume_point(checkpoints, [], lr=1.0) == str(before)
+    assert resuming.resume_point(checkpoints, [], lr=1.0) == str(before)
 
 
 @pytest.mark.parametrize("change", ["params", "inputs"])
@@ -52,19 +52,19 @@ def test_checkpoints_of_another_configuration_are_discarded(tmp_path, change):
     inputs.mkdir()
     (inputs / "data.arrow").write_text("rows")
     checkpoints = tmp_path / "checkpoints"
-    train.resume_point(checkpoints, [inputs], lr=1.0)
+    resuming.resume_point(checkpoints, [inputs], lr=1.0)
     old = make_checkpoint(checkpoints, 10)
     if change == "inputs":
         (inputs / "data.arrow").write_text("other rows")
-    assert train.resume_point(checkpoints, [inputs], lr=1.0 if change == "inputs" else 2.0) is None
+    assert resuming.resume_point(checkpoints, [inputs], lr=1.0 if change == "inputs" else 2.0) is None
     assert not old.exists()
 
 
 def test_prune_keeps_the_newest(tmp_path):
     for step in (2, 4, 6):
         make_checkpoint(tmp_path, step)
-    train.prune_checkpoints(tmp_path, "checkpoint-", keep=2)
-    assert [p.name for p in train.complete_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+    resuming.prune_checkpoints(tmp_path, "checkpoint-", keep=2)
+    assert [p.name for p in resuming.complete_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
 
 
 # -- a real crash ----------------------------------------------------------------------------------------------------
@@ -91,13 +91,13 @@ def test_sft_killed_mid_run_resumes_to_the_same_result(tiny_data, tmp_path):
     crashed = subprocess.Popen(sft_command("resumed"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((tmp_path / "checkpoints/sft").glob(f"checkpoint-*/{train.COMPLETE}")):
+    while not list((tmp_path / "checkpoints/sft").glob(f"checkpoint-*/{resuming.COMPLETE}")):
         assert crashed.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
         time.sleep(0.02)
     crashed.send_signal(signal.SIGKILL)
     assert crashed.wait() == -signal.SIGKILL
     assert not (tmp_path / "resumed").exists()  # nothing half-written where a finished output belongs
-    last = train.complete_checkpoints(tmp_path / "checkpoints/sft")[-1]
+    last = resuming.complete_checkpoints(tmp_path / "checkpoints/sft")[-1]
     assert int(last.name.split("-")[1]) < LONG_SFT["sft.max_steps"]
 
     rerun = subprocess.run(sft_command("resumed"), cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
@@ -130,7 +130,7 @@ def test_dpo_resumed_from_an_earlier_checkpoint_ends_the_same(tiny_trained, tmp_
         return {k: v for k, v in metrics.items() if k != "train_seconds"}
 
     whole = run("whole")
-    (checkpoints / "checkpoint-4" / train.COMPLETE).unlink()
+    (checkpoints / "checkpoint-4" / resuming.COMPLETE).unlink()
     resumed = run("resumed")
     assert resumed == whole and whole["steps"] == 4
     assert (tmp_path / "resumed/adapter_model.safetensors").read_bytes() == \

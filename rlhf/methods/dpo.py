@@ -3,7 +3,7 @@ hinge, ...). The policy is the SFT model plus a new LoRA adapter; with the adapt
 reference, so no second copy is loaded."""
 from trl import DPOConfig, DPOTrainer
 
-from rlhf import base, policy, train
+from rlhf import base, policy, resuming, train
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -29,8 +29,8 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     # -- model: SFT weights + new adapter; reference = adapter disabled
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                **train.align_sections(params, "dpo"))
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+                                   **resuming.align_sections(params, "dpo"))
     config = train.common_args(section, params.model, params.seed, checkpoints, report_to)
     config["loss_type"] = [section.loss_type] if isinstance(section.loss_type, str) else section.loss_type
     trainer = PretokenizedDPOTrainer(

@@ -7,7 +7,7 @@ import dataclasses
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from rlhf import base, generation, policy, reward, train
+from rlhf import base, generation, policy, resuming, reward, train
 from rlhf.io import UserError
 
 
@@ -65,8 +65,8 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     # -- trainer
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                **train.align_sections(params, "grpo"))
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+                                   **resuming.align_sections(params, "grpo"))
     fields = {k: v for k, v in dataclasses.asdict(section).items() if k != "oracle_reward"}
     config = GRPOConfig(**fields, **train.precision_args(params.model), output_dir=str(checkpoints),
                         seed=params.seed, data_seed=params.seed, report_to=report_to, save_strategy="steps",

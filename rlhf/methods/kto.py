@@ -3,7 +3,7 @@
 reference is the same weights with the adapter disabled."""
 from trl import KTOConfig, KTOTrainer
 
-from rlhf import base, policy, tokenize, train
+from rlhf import base, policy, resuming, tokenize, train
 
 
 class PretokenizedKTOTrainer(KTOTrainer):
@@ -39,8 +39,8 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
 
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                **train.align_sections(params, "kto"))
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+                                   **resuming.align_sections(params, "kto"))
     config = train.common_args(section, params.model, params.seed, checkpoints, report_to)
     trainer = PretokenizedKTOTrainer(
         model=model, ref_model=None, args=KTOConfig(**config), train_dataset=train_rows, eval_dataset=validation,

@@ -3,7 +3,7 @@ weighted by `orpo.beta`. ORPO folds SFT into the same stage, so by default it st
 (`orpo.init: base`); `init: sft` starts from the SFT model instead. Either way it trains a new LoRA adapter."""
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from rlhf import base, policy, tokenize, train
+from rlhf import base, policy, resuming, tokenize, train
 
 
 class PretokenizedORPOTrainer(ORPOTrainer):
@@ -31,8 +31,8 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     else:
         model = train.load_model(base_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                **train.align_sections(params, "orpo"))
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+                                   **resuming.align_sections(params, "orpo"))
     config = train.common_args(section, params.model, params.seed, checkpoints, report_to)
     del config["init"]  # ours, not an ORPOConfig field
     trainer = PretokenizedORPOTrainer(

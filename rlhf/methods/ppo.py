@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf import base, generation, policy, reward, scoring, train
+from rlhf import base, generation, policy, resuming, reward, scoring, train
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"  # optimizer state and iteration number, in checkpoints only
@@ -218,7 +218,7 @@ def save_checkpoint(folder: Path, model, value_head, optimizer, iteration: int, 
     save(folder, model, value_head)
     torch.save({"optimizer": optimizer.state_dict(), "iteration": iteration, "history": history},
                Path(folder) / TRAINER_STATE_FILE)
-    train.mark_complete(folder, iteration)
+    resuming.mark_complete(folder, iteration)
 
 
 def load_checkpoint(folder: str, model, value_head, optimizer) -> tuple[int, list[dict]]:
@@ -287,8 +287,8 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     optimizer = torch.optim.AdamW(trainable, lr=section.learning_rate, weight_decay=0.0)
 
     # -- resume from the last complete checkpoint of a run with the same params, inputs and code
-    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir], prefix="iter-",
-                                **train.align_sections(params, "ppo"))
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir], prefix="iter-",
+                                   **resuming.align_sections(params, "ppo"))
     done, history = load_checkpoint(resume, model, value_head, optimizer) if resume else (0, [])
     live = train.open_live(live_dir)
     for entry in history if live is not None else []:  # the curves show the whole run
@@ -311,7 +311,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
                 log(live, metrics)
         if iteration % section.save_steps == 0:
             save_checkpoint(Path(checkpoints) / f"iter-{iteration}", model, value_head, optimizer, iteration, history)
-            train.prune_checkpoints(checkpoints, "iter-")
+            resuming.prune_checkpoints(checkpoints, "iter-")
     wall = time.time() - start
     if live is not None:
         live.end()

@@ -3,7 +3,7 @@ margin `simpo.simpo_gamma`, run as TRL's CPOTrainer (trl.experimental) with loss
 adds CPO's NLL term (0: pure SimPO). Starts from the SFT model with a new LoRA adapter."""
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-from rlhf import base, policy, tokenize, train
+from rlhf import base, policy, resuming, tokenize, train
 
 
 class PretokenizedCPOTrainer(CPOTrainer):
@@ -26,8 +26,8 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
 
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = train.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                **train.align_sections(params, "simpo"))
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+                                   **resuming.align_sections(params, "simpo"))
     config = train.common_args(section, params.model, params.seed, checkpoints, report_to)
     trainer = PretokenizedCPOTrainer(
         model=model, args=CPOConfig(**config, loss_type="simpo"), train_dataset=train_rows, eval_dataset=validation,
