@@ -91,7 +91,8 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
     if launch.is_main_process():
         write_json(Path(out) / STATS_FILE, stats)
     metrics = {"train_loss": train.last_logged(trainer.state.log_history, "loss"), **stats,
-               "steps": trainer.state.global_step, "train_seconds": round(wall, 2)}
+               "tokens_seen": int(trainer.state.num_input_tokens_seen), "steps": trainer.state.global_step,
+               "train_seconds": round(wall, 2)}
     return metrics, chosen, model
 
 
