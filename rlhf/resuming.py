@@ -24,7 +24,7 @@ def fingerprint(inputs: list, **sections) -> str:
     digest = hashlib.sha256(json.dumps({"params": sections, "versions": provenance()["versions"]}, sort_keys=True,
                                        default=plain).encode())
     code = sorted(Path(rlhf.__file__).parent.rglob("*.py"))
-    files = [f for folder in inputs for f in sorted(Path(folder).rglob("*")) if f.is_file()]
+    files = [f for folder in inputs if folder is not None for f in sorted(Path(folder).rglob("*")) if f.is_file()]
     for f in code + files:
         digest.update(f.name.encode())
         with open(f, "rb") as handle:

@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline and its trainers (not part of the test suite): `python -m bench.run`."""
