@@ -154,6 +154,11 @@ class Training:
 
 
 @dataclass
+class SFT(Training):
+    train_sampling_strategy: Literal["random", "group_by_length"] = "random"
+
+
+@dataclass
 class Reward(Training):
     center_rewards_coefficient: float | None = field(default=None, metadata=_range(0.0))
 
@@ -259,7 +264,7 @@ class Params:
     tokenize: Tokenize = field(default_factory=Tokenize)
     lora: Lora = field(default_factory=Lora)
     compute: Compute = field(default_factory=Compute)
-    sft: Training = field(default_factory=Training)
+    sft: SFT = field(default_factory=SFT)
     reward: Reward = field(default_factory=Reward)
     align: Align = field(default_factory=Align)
     dpo: DPO = field(default_factory=DPO)

@@ -208,3 +208,18 @@ def test_dvclive_failure_never_stops_training(tmp_path, monkeypatch):
     assert train.open_live(tmp_path / "live") is None
     report_to, callbacks = train.trackers(config.Tracking(), tmp_path / "live")
     assert (report_to, callbacks) == ([], [])
+
+
+def test_sft_with_length_grouped_batches(tiny_data, tmp_path, monkeypatch):
+    """sft.train_sampling_strategy reaches the Trainer: transformers' LengthGroupedSampler orders the batches."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    used = []
+    iterate = LengthGroupedSampler.__iter__
+    monkeypatch.setattr(LengthGroupedSampler, "__iter__", lambda self: used.append(self) or iterate(self))
+    params = config.load(tiny_data / "params.yaml")
+    params = dataclasses.replace(params, sft=dataclasses.replace(params.sft, max_steps=2,
+                                                                 train_sampling_strategy="group_by_length"))
+    metrics, _, _ = sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", tmp_path / "out",
+                                tmp_path / "checkpoints", tmp_path / "live")
+    assert used and metrics["steps"] == 2
