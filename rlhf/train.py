@@ -142,10 +142,18 @@ def open_live(live_dir: str | Path):
     cannot run, e.g. in a git repo with no commit yet: training goes on without curves."""
     from dvclive import Live
 
+    class StudioAwareLive(Live):
+        def post_data_to_studio(self):
+            # DVCLive 3.49 re-reads params.yaml and every curve after each logged step to queue them for DVC Studio,
+            # even when Studio is not configured and the queue drops them: 40 ms a step, 8% of SFT's training time
+            # on the built-in task (profiled against plain TRL, see bench/). Post only where Studio is set up.
+            if "data" not in self._studio_events_to_skip:
+                super().post_data_to_studio()
+
     if not launch.is_main_process():  # one writer for the curves
         return None
     try:
-        return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        return StudioAwareLive(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     except Exception as err:
         print(f"warning: DVCLive is off for this run ({type(err).__name__}: {err})")
         return None

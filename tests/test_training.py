@@ -223,3 +223,15 @@ def test_sft_with_length_grouped_batches(tiny_data, tmp_path, monkeypatch):
     metrics, _, _ = sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", tmp_path / "out",
                                 tmp_path / "checkpoints", tmp_path / "live")
     assert used and metrics["steps"] == 2
+
+
+def test_dvclive_skips_studio_work_when_studio_is_not_set_up(tmp_path, monkeypatch):
+    """Without DVC Studio, a logged step must not re-read the params and curves to queue them for Studio."""
+    monkeypatch.chdir(tmp_path)
+    live = train.open_live(tmp_path / "live")
+    if live is None:  # not in a git repository with a commit: DVCLive is off, nothing to check
+        pytest.skip("DVCLive needs a git repository here")
+    monkeypatch.setattr(type(live).__mro__[1], "_get_live_data", lambda self: pytest.fail("prepared Studio data"))
+    live.log_metric("loss", 1.0)
+    live.next_step()
+    assert (tmp_path / "live/plots/metrics/loss.tsv").exists()
