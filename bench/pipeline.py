@@ -34,22 +34,10 @@ def environment(pythonpath: Path | None = None) -> dict:
     return env
 
 
-def write_params(src: Path, dst: Path, overrides: dict) -> None:
-    """`src` params.yaml with `overrides` (dotted keys) applied, written to `dst` (as tests/conftest.py does)."""
-    raw = yaml.safe_load(src.read_text())
-    for dotted, value in overrides.items():
-        *parents, last = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    dst.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
 def clone(repo: Path, dst: Path, overrides: dict) -> Path:
     subprocess.run(["git", "clone", "--quiet", str(repo), str(dst)], check=True)
     if overrides:
-        write_params(dst / "params.yaml", dst / "params.yaml", overrides)
+        config.write_with_overrides(dst / "params.yaml", dst / "params.yaml", overrides)
     return dst
 
 

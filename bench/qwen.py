@@ -50,7 +50,7 @@ def run(clone: Path, work: Path, quick: bool, steps: int, batch: int, repeats: i
     # -- a user's project on that folder: fetch, prepare, base (resolves the local folder), tokenize
     root = work / "qwen-project"
     root.mkdir()
-    pipeline.write_params(clone / "params.yaml", root / "params.yaml", {**SETTINGS, "model.name": str(folder)})
+    config.write_with_overrides(clone / "params.yaml", root / "params.yaml", {**SETTINGS, "model.name": str(folder)})
     setup = {name: pipeline.timed(all_stages[name]["cmd"], root, root / f"{name}.log", pythonpath=clone)
              for name in SETUP_STAGES}
     params = config.load(root / "params.yaml")

@@ -277,6 +277,20 @@ class Params:
     tracking: Tracking = field(default_factory=Tracking)
 
 
+def write_with_overrides(src: str | Path, dst: str | Path, overrides: dict) -> Path:
+    """`src` (a params.yaml) with `overrides` (dotted keys, e.g. "sft.max_steps") applied, written to `dst`; for
+    tests and the benchmark, which run the stages on other settings."""
+    raw = yaml.safe_load(Path(src).read_text())
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    Path(dst).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return Path(dst)
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     """Parse and validate params.yaml; raise ConfigError before any work starts."""
     path = Path(path)

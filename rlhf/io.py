@@ -15,13 +15,18 @@ import tempfile
 from pathlib import Path
 
 
+def clear_stale(path: Path) -> None:
+    """Delete the temporary siblings of `path` that a killed run left behind."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
     """Yield a fresh temporary directory that replaces `path` only if the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    clear_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp

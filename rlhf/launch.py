@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlhf.io import UserError, atomic_dir
+from rlhf.io import UserError, atomic_dir, clear_stale
 
 LAUNCHED = "RLHF_LAUNCHED"  # set in the processes `relaunch` starts, so they do the work instead of launching again
 
@@ -70,8 +70,7 @@ def stage_output(path: str | Path):
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-launch"
     if is_main_process():
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a run that was killed
-            shutil.rmtree(stale, ignore_errors=True)
+        clear_stale(path)
         tmp.mkdir(parents=True)
     yield tmp
     PartialState().wait_for_everyone()

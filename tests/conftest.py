@@ -35,17 +35,9 @@ TINY = {  # small enough for a few seconds per stage on 2 cores
 
 def write_params(path: Path, overrides: dict) -> Path:
     """The repo's params.yaml with `overrides` (dotted keys) applied, written to `path`."""
-    import yaml
+    from rlhf import config
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        *parents, last = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return config.write_with_overrides(REPO / "params.yaml", path, overrides)
 
 
 def run_stage(workdir: Path, name: str, *args: str) -> None:
