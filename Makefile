@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup repro test test-slow test-all compare lock clean-venv
+.PHONY: setup repro test test-slow test-all plots compare lock clean-venv
 
 setup: $(STAMP)
 
@@ -31,13 +31,19 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	python -m pytest -m ""
 
-# Every alignment method as a DVC experiment on the same data, then the comparison table.
+# The plots dvc.yaml defines, as PNG files and plots/index.html, drawn offline (DVC's own HTML needs a CDN).
+plots: $(STAMP)
+	python -m rlhf.plots --out plots
+
+# Every alignment method as a DVC experiment on the same data, then the comparison table and plots/ with one
+# labelled point per experiment on the reward-against-KL frontier.
 METHODS := dpo orpo ppo simpo kto grpo
 SHOW := dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy'
 compare: $(STAMP)
-	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m; done
+	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m -S export.enabled=false; done
 	dvc exp run --run-all --jobs 1
 	$(SHOW)
+	python -m rlhf.plots --out plots $(METHODS)
 
 # Re-resolve the whole dependency set from requirements.in into requirements.lock.
 lock:

@@ -239,6 +239,16 @@ class Align:
 
 
 @dataclass
+class Gate:
+    # Thresholds the policy must meet against SFT before export ships it; null turns a check off.
+    min_rm_win_rate: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    min_oracle_win_rate: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    max_kl: float | None = field(default=None, metadata=_range(0.0))
+    max_length_change: float | None = field(default=None, metadata=_range(0.0))
+    max_perplexity_rise: float | None = field(default=None, metadata=_range(0.0))
+
+
+@dataclass
 class Eval:
     num_prompts: int | None = field(default=None, metadata=_range(1))
     max_new_tokens: int = field(default=32, metadata=_range(1))
@@ -246,6 +256,14 @@ class Eval:
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
     batch_size: int = field(default=64, metadata=_range(1))
     num_samples: int = field(default=20, metadata=_range(0))
+    gate: Gate = field(default_factory=Gate)
+
+
+@dataclass
+class Export:
+    enabled: bool = True
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    ignore_gate: bool = False
 
 
 @dataclass
@@ -274,6 +292,7 @@ class Params:
     kto: KTO = field(default_factory=KTO)
     grpo: GRPO = field(default_factory=GRPO)
     eval: Eval = field(default_factory=Eval)
+    export: Export = field(default_factory=Export)
     tracking: Tracking = field(default_factory=Tracking)
 
 

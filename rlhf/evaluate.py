@@ -97,12 +97,37 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir) -> tuple[d
         metrics[f"chosen_perplexity_{name}"] = float(torch.exp(torch.tensor(metrics[f"chosen_loss_{name}"])))
 
     metrics = {k: round(v, 6) for k, v in metrics.items()}
+    failed = gate_failures(metrics, cfg.gate)
+    metrics |= {"gate_passed": not failed, "gate_failed": "; ".join(failed)}  # `dvc metrics show` drops lists
     samples = readable_samples(prompts, answers, rm_scores, oracle, tokenizer, cfg.num_samples)
     judged = oracle or rm_scores
     plots = {"reward_hist": histogram({name: s.tolist() for name, s in judged.items()}),
              "frontier": [{"method": params.method, "kl": metrics["kl_policy_sft"],
                            "reward": judged["policy"].mean().item(), "judge": "oracle" if oracle else "reward_model"}]}
     return metrics, samples, plots
+
+
+def gate_failures(metrics: dict, gate) -> list[str]:
+    """The checks of `eval.gate` that the policy fails, each naming its value and threshold; [] when it passes.
+
+    Relative changes against SFT: length_change = length_policy / length_sft - 1 (either way),
+    perplexity_rise = chosen_perplexity_policy / chosen_perplexity_sft - 1. A null threshold, or a metric this run
+    has not got (no oracle outside the built-in tasks), skips its check."""
+    derived = {"length_change": metrics["length_policy"] / metrics["length_sft"] - 1,
+               "perplexity_rise": metrics["chosen_perplexity_policy"] / metrics["chosen_perplexity_sft"] - 1}
+    checks = [("rm_win_rate", ">=", "min_rm_win_rate"), ("oracle_win_rate", ">=", "min_oracle_win_rate"),
+              ("kl_policy_sft", "<=", "max_kl"), ("length_change", "within +-", "max_length_change"),
+              ("perplexity_rise", "<=", "max_perplexity_rise")]
+    failed = []
+    for name, rule, key in checks:
+        value, threshold = derived.get(name, metrics.get(name)), getattr(gate, key)
+        if value is None or threshold is None:
+            continue
+        ok = {">=": value >= threshold, "<=": value <= threshold, "within +-": abs(value) <= threshold}[rule]
+        if not ok:
+            failed.append(f"{name} = {value:.4g} (must be {rule}{'' if rule.endswith('-') else ' '}{threshold:g}, "
+                          f"eval.gate.{key})")
+    return failed
 
 
 def readable_samples(prompts, answers, rm_scores, oracle, tokenizer, n: int) -> list[dict]:

@@ -51,7 +51,10 @@ def test_evaluate_stage(tiny_trained, tmp_path):
     metrics = json.loads((work / "metrics/eval.json").read_text())
     assert metrics["rm_win_rate"] + metrics["rm_tie_rate"] + metrics["rm_loss_rate"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["oracle_win_rate"] + metrics["oracle_tie_rate"] + metrics["oracle_loss_rate"] == pytest.approx(1.0, abs=1e-5)
-    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    gate = {"gate_passed", "gate_failed"}
+    assert all(isinstance(v, (int, float)) for k, v in metrics.items() if k not in gate)
+    assert isinstance(metrics["gate_passed"], bool) and isinstance(metrics["gate_failed"], str)
+    assert metrics["gate_passed"] == (metrics["gate_failed"] == "")
     assert metrics["chosen_perplexity_sft"] == pytest.approx(math.exp(metrics["chosen_loss_sft"]), rel=1e-5)
     assert metrics["kl_policy_sft"] > -0.5  # an estimate of a non-negative quantity; noisy on 12 samples
     samples = [json.loads(line) for line in (work / "metrics/samples.jsonl").read_text().splitlines()]

@@ -13,7 +13,7 @@ from conftest import REPO, TINY, write_params
 
 pytestmark = pytest.mark.slow  # `make test-slow`; CI runs it
 
-COPY = ["dvc.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvcignore"]
+COPY = ["dvc.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvc/plots", ".dvcignore"]
 # Tests run in order on one repo copy; each leaves params as the next expects.
 
 
@@ -56,7 +56,7 @@ def repo(tmp_path_factory):
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     first = sh(root, "dvc", "repro")
-    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "align", "evaluate"]
+    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "align", "evaluate", "export"]
     return root
 
 
@@ -90,17 +90,17 @@ def test_tokenize_param_reruns_only_tokenize(repo):
 
 def test_reward_param_reruns_only_reward(repo):
     set_params(repo, reward__learning_rate=1.0e-3)
-    assert ran(sh(repo, "dvc", "repro")) == ["reward", "align", "evaluate"]
+    assert ran(sh(repo, "dvc", "repro")) == ["reward", "align", "evaluate", "export"]
 
 
 def test_lora_param_reruns_sft_and_reward(repo):
     set_params(repo, lora__lora_dropout=0.1)
-    assert ran(sh(repo, "dvc", "repro")) == ["sft", "reward", "align", "evaluate"]
+    assert ran(sh(repo, "dvc", "repro")) == ["sft", "reward", "align", "evaluate", "export"]
 
 
 def test_method_switch_reruns_only_align(repo):
     set_params(repo, method="orpo")
-    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate"]
+    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate", "export"]
     assert json.loads((repo / "metrics/align.json").read_text())["method"] == "orpo"
 
 
@@ -108,13 +108,21 @@ def test_unused_method_params_rerun_nothing(repo):
     set_params(repo, kto__beta=0.3, dpo__beta=0.2)  # method is orpo now
     assert ran(sh(repo, "dvc", "repro")) == []
     set_params(repo, orpo__beta=0.2)
-    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate"]
+    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate", "export"]
 
 
 def test_tracking_switch_reruns_nothing(repo):
     set_params(repo, tracking__wandb=True)
     assert ran(sh(repo, "dvc", "repro")) == []
     set_params(repo, tracking__wandb=False)
+
+
+def test_export_param_reruns_only_export(repo):
+    set_params(repo, export__dtype="bfloat16")
+    assert ran(sh(repo, "dvc", "repro")) == ["export"]
+    assert json.loads((repo / "models/export/config.json").read_text())["dtype"] == "bfloat16"
+    set_params(repo, export__dtype="auto")
+    sh(repo, "dvc", "repro")
 
 
 def test_killed_training_stage_resumes_on_the_next_repro(repo):
@@ -138,7 +146,7 @@ def test_killed_training_stage_resumes_on_the_next_repro(repo):
     assert (repo / "models/sft/adapter_model.safetensors").read_bytes() == committed
     rerun = sh(repo, "dvc", "repro")
     assert "checkpoints: resuming from" in rerun.stdout
-    assert ran(rerun) == ["sft", "reward", "align", "evaluate"]
+    assert ran(rerun) == ["sft", "reward", "align", "evaluate", "export"]
     assert json.loads((repo / "metrics/sft.json").read_text())["steps"] == 150
     assert not (repo / "checkpoints/sft").exists()
     assert not list(repo.rglob(".sft.tmp-*"))  # the killed run's temporary output was cleared by the rerun

@@ -1,10 +1,14 @@
 """A teammate reproduces a run: push to a DVC remote, clone, pull, and find everything up to date with identical
 metrics; a forced rerun from scratch gives the same metrics; experiments travel with `dvc exp push` / `pull`."""
+import contextlib
+import getpass
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY, write_params
+from rlhf import plots
 from test_pipeline import COPY, REPO, ran, sh
 
 pytestmark = pytest.mark.slow  # `make test-slow`; CI runs it
@@ -58,7 +62,7 @@ def test_rerun_from_scratch_gives_identical_metrics(origin, tmp_path):
     clone = tmp_path / "scratch"
     sh(tmp_path, "git", "clone", "-q", str(origin), str(clone))
     forced = sh(clone, "dvc", "repro", "--force")  # no pull: every stage runs again here
-    assert ran(forced)[0] == "fetch" and ran(forced)[-1] == "evaluate"
+    assert ran(forced)[0] == "fetch" and ran(forced)[-1] == "export"
     assert metrics(clone) == metrics(origin)
 
 
@@ -67,10 +71,15 @@ def test_experiment_travels_with_exp_push_and_pull(origin, tmp_path):
     sh(tmp_path, "git", "clone", "-q", str(origin), str(mine))
     sh(mine, "dvc", "pull")
     run = sh(mine, "dvc", "exp", "run", "-n", "try-orpo", "-S", "method=orpo")
-    assert ran(run) == ["align", "evaluate"]
+    assert ran(run) == ["align", "evaluate", "export"]
     diff = json.loads(sh(mine, "dvc", "metrics", "diff", "HEAD", "try-orpo", "--json", "--all").stdout)
     assert "oracle_mean_policy" in diff["metrics/eval.json"] and "method" not in diff["metrics/eval.json"]
     assert diff["metrics/eval.json"]["kl_policy_sft"]["new"] != diff["metrics/eval.json"]["kl_policy_sft"]["old"]
+    frontier = "Reward against KL(policy || SFT), one point per experiment (dvc plots diff)"
+    with contextlib.chdir(mine):  # make compare's plots: one labelled point per experiment
+        drawn, _ = plots.specs(["HEAD", "try-orpo"])
+        assert sorted(row["rev"] for row in drawn[frontier]["data"]["values"]) == ["HEAD", "try-orpo"]
+        assert frontier in plots.render(mine / "plots", ["HEAD", "try-orpo"])["files"].values()
     sh(mine, "dvc", "exp", "push", "origin", "try-orpo")
 
     theirs = tmp_path / "theirs"
@@ -82,3 +91,58 @@ def test_experiment_travels_with_exp_push_and_pull(origin, tmp_path):
     exp_metrics = json.loads((theirs / "metrics/align.json").read_text())
     assert exp_metrics["method"] == "orpo"
     assert metrics(theirs) == metrics(mine)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """An sshd on 127.0.0.1 that accepts a fresh key (Debian's openssh-server; .ci/run installs it)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(binary).exists() or not shutil.which("ssh-keygen"):
+        pytest.skip("no sshd here: install Debian's openssh-server to test the SSH remote")
+    root = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        sh(root, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name))
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nAuthorizedKeysFile {root}/authorized_keys\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        f"StrictModes no\nUsePAM no\nPidFile {root / 'sshd.pid'}\nSubsystem sftp internal-sftp\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    server = subprocess.Popen([binary, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    for _ in range(50):
+        if server.poll() is not None:
+            pytest.skip(f"sshd could not start: {server.stderr.read().strip()[:300]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        pytest.skip("sshd did not listen within 5 s")
+    yield {"url": f"ssh://{getpass.getuser()}@127.0.0.1:{port}{root / 'store'}", "keyfile": str(root / "client_key")}
+    server.kill()
+
+
+def test_push_and_pull_through_an_ssh_remote(origin, sshd, tmp_path):
+    """The transport DVC users run on a shared server: push over SSH, clone, pull over SSH, find it up to date."""
+    sh(origin, "dvc", "remote", "add", "--local", "ssh", sshd["url"])
+    sh(origin, "dvc", "remote", "modify", "--local", "ssh", "keyfile", sshd["keyfile"])
+    sh(origin, "dvc", "push", "-r", "ssh")
+    clone = tmp_path / "over-ssh"
+    sh(tmp_path, "git", "clone", "-q", str(origin), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "ssh", sshd["url"])
+    sh(clone, "dvc", "remote", "modify", "--local", "ssh", "keyfile", sshd["keyfile"])
+    sh(clone, "dvc", "pull", "-r", "ssh")
+    assert (clone / "models/policy/adapter_model.safetensors").read_bytes() == \
+        (origin / "models/policy/adapter_model.safetensors").read_bytes()
+    assert "up to date" in sh(clone, "dvc", "status").stdout
+    assert metrics(clone) == metrics(origin)

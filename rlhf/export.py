@@ -1,0 +1,138 @@
+"""export: one model folder that plain `transformers` (and vLLM, llama.cpp's converters) load, with no PEFT and no
+project code: base + SFT adapter + policy adapter merged, in `export.dtype`, with the tokenizer, its chat template,
+a generation config that stops at the template's end-of-turn token, and a model card written from facts.
+
+The export ships only a policy that passed `eval.gate` (see rlhf/evaluate.py), unless `export.ignore_gate` says so;
+the card then records that the gate failed.
+
+A quantized base (`model.quantization: 4bit|8bit`) is merged into an unquantized copy of the base weights, as the
+QLoRA authors do: the adapters were trained against the k-bit weights, and adding them to the full-precision weights
+differs from the trained model only by the quantization error the adapters saw, while merging into k-bit weights
+would round the adapters' deltas away and leave a folder only bitsandbytes can load.
+"""
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+import yaml
+
+from rlhf import align, base, train
+from rlhf.io import UserError, read_json
+
+CARD_FILE = "README.md"
+# The outputs whose DVC hashes identify what was merged, by the stage that writes them.
+INPUTS = {"fetch": "data/fetched", "base": "models/base", "sft": "models/sft", "align": "models/policy",
+          "evaluate": "metrics/eval.json"}
+
+
+def refuse_if_gate_failed(metrics: dict, ignore_gate: bool) -> None:
+    if metrics.get("gate_passed", False) or ignore_gate:
+        return
+    failed = metrics.get("gate_failed") or "metrics/eval.json has no gate result"
+    raise UserError(
+        f"export refused: the policy failed eval.gate: {failed}. Nothing was exported; the previous export is still "
+        "in the DVC cache (`dvc checkout models/export` brings it back). Improve the policy, loosen the thresholds "
+        "in eval.gate, or set export.ignore_gate: true to export it anyway (the model card will say the gate failed)."
+    )
+
+
+def merged_policy(params, base_dir, sft_dir, policy_dir):
+    """The policy as one plain transformers model in float32: base (unquantized) + SFT adapter + policy adapter."""
+    cfg = dataclasses.replace(params.model, quantization="none", dtype="float32")
+    # PEFT unties a trained lm_head copy (lora.modules_to_save) from the embeddings when it merges, so the saved
+    # head is the trained one (tests/test_export.py compares log-probs)
+    return align.load_trained_policy(base_dir, sft_dir, policy_dir, cfg).merge_and_unload().eval()
+
+
+def export_dtype(params) -> torch.dtype:
+    name = params.export.dtype
+    return train.torch_dtype(params.model) if name == "auto" else getattr(torch, name)
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not run in a git checkout)"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
+def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict:
+    """{output: md5} of the merged inputs as dvc.lock records them (DVC writes each stage's entry when it finishes,
+    so during `dvc repro` these are the inputs of this run)."""
+    path = Path(lock_path)
+    if not path.is_file():
+        return {}
+    stages = yaml.safe_load(path.read_text()).get("stages", {})
+    hashes = {}
+    for stage, output in INPUTS.items():
+        for entry in stages.get(stage, {}).get("outs", []):
+            if entry["path"] == output:
+                hashes[output] = entry.get("md5")
+    return hashes
+
+
+def facts(params, base_dir, eval_metrics: dict, dtype: torch.dtype) -> dict:
+    weights = read_json(Path(base_dir) / base.BASE_FILE)["weights"]
+    method = params.method
+    return {
+        "base_model": weights,
+        "model": {"name": params.model.name, "revision": params.model.revision,
+                  "quantization_in_training": params.model.quantization, "export_dtype": str(dtype).split(".")[1]},
+        "data": {"source": params.data.source, "name": params.data.name, "split": params.data.split,
+                 "revision": params.data.revision},
+        "method": method,
+        "method_params": dataclasses.asdict(getattr(params, method)),
+        "lora": dataclasses.asdict(params.lora),
+        "seed": params.seed,
+        "eval": eval_metrics,
+        "gate_ignored": not eval_metrics.get("gate_passed", False),
+        "git_commit": git_commit(),
+        "dvc_hashes": dvc_hashes(),
+    }
+
+
+def model_card(f: dict) -> str:
+    """The folder's README.md: Hugging Face front matter, then the facts as tables and JSON."""
+    front = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["rlhf", f["method"]]}
+    gate = ("passed" if not f["gate_ignored"] else
+            f"FAILED and exported anyway (export.ignore_gate): {f['eval'].get('gate_failed')}")
+    rows = [("base model", json.dumps(f["base_model"])), ("data source", json.dumps(f["data"])),
+            ("data hash (DVC, data/fetched)", f["dvc_hashes"].get("data/fetched", "not run through DVC")),
+            ("method", f["method"]), ("export dtype", f["model"]["export_dtype"]),
+            ("quantization in training", f["model"]["quantization_in_training"]), ("seed", f["seed"]),
+            ("eval.gate", gate), ("git commit", f["git_commit"])]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# Aligned policy ({f['method']})\n\n"
+            "Written by the `export` stage from recorded facts; every value below is machine-generated.\n\n"
+            f"| fact | value |\n| --- | --- |\n{table}\n\n## Evaluation (metrics/eval.json)\n\n"
+            f"```json\n{json.dumps(f['eval'], indent=2)}\n```\n\n## Method params\n\n"
+            f"```json\n{json.dumps(f['method_params'], indent=2)}\n```\n\n## DVC hashes of the inputs\n\n"
+            f"```json\n{json.dumps(f['dvc_hashes'], indent=2)}\n```\n\n## Load it\n\n```python\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(\"models/export\")\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"models/export\")\n```\n")
+
+
+def run(params, base_dir, sft_dir, policy_dir, eval_metrics_path, out: Path) -> dict | None:
+    """Write the export into `out` (a fresh folder); returns the facts recorded in its card (None: not enabled)."""
+    if not params.export.enabled:  # DVC needs the output folder: a note in it says why it holds no model
+        (out / CARD_FILE).write_text("# Not exported\n\nexport.enabled is false; the policy adapter is in "
+                                     "models/policy.\n")
+        return None
+    eval_metrics = read_json(eval_metrics_path)
+    refuse_if_gate_failed(eval_metrics, params.export.ignore_gate)
+    dtype = export_dtype(params)
+    recorded = facts(params, base_dir, eval_metrics, dtype)
+    tokenizer = base.load_tokenizer(base_dir)
+    model = merged_policy(params, base_dir, sft_dir, policy_dir).to(dtype)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id  # the chat template's end of turn
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / CARD_FILE).write_text(model_card(recorded))
+    return recorded
