@@ -57,7 +57,7 @@ def render(tokenizer, messages: list[dict], row_id: str, **kwargs) -> str:
         if any(m["role"] == "system" for m in messages):
             hint = ("The row has a system message, which this chat template does not accept (Gemma's and Mistral's "
                     "have no system role): set tokenize.system_message to fold_into_user (its text goes in front of "
-                    "the first user message) or drop.")
+                    "the next user message) or drop.")
         else:
             hint = "Fix the row in your data, or give the model a chat template that accepts it."
         raise UserError(f"tokenize: the chat template refuses row {row_id!r}: {err}. {hint}") from None

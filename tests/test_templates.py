@@ -325,7 +325,8 @@ def test_fallback_template_ends_turns_with_the_tokenizers_eos(tmp_path):
 def test_dvc_repro_with_a_local_qwen2_model(tmp_path):
     """`dvc repro` through evaluate with model.name set to a local Qwen2-architecture folder carrying Qwen2.5's
     published template: the base stage records the folder, the data is tokenized with the default system prompt,
-    and evaluate's answers end at <|im_end|> (or run to max_new_tokens)."""
+    the prompts end with the generation prompt, the answers with <|im_end|>, and evaluate runs. Catches a pipeline
+    that only works with the built-in tiny model (its Llama class, its tokenizer, its template)."""
     from conftest import REPO, TINY, write_params
     from test_pipeline import COPY, ran, sh
 
@@ -350,6 +351,7 @@ def test_dvc_repro_with_a_local_qwen2_model(tmp_path):
     tok = base.load_tokenizer(root / "models/base")
     row = load_from_disk(str(root / "data/tokenized"))["train"][0]
     assert tok.decode(row["prompt_ids"]).startswith(FAMILIES["qwen2_5"].prompt_start)
+    assert tok.decode(row["prompt_ids"]).endswith("<|im_start|>assistant\n")
     assert tok.decode(row["chosen_ids"]).endswith("<|im_end|>\n")
     metrics = json.loads((root / "metrics/eval.json").read_text())
     assert 0 < metrics["length_policy"] <= 8 and "kl_policy_sft" in metrics
