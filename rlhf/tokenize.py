@@ -4,6 +4,10 @@ Output columns per row: `id`, `prompt_ids`, `chosen_ids`, `rejected_ids` (DPO's 
 ids exclude the prompt). The other trainers' columns are concatenations of these (see `sft_columns` and
 `reward_columns`), so no training stage tokenizes again.
 
+The model's chat template renders each row; a row the template refuses (a system message for Gemma's template, see
+`tokenize.system_message`), or a template that renders the prompt differently once an answer follows, stops the stage
+with an error naming the row (README, "Chat templates").
+
 Prompts are truncated from the left (the end of a conversation matters most), completions from the right, to the
 `tokenize.*` limits, or over-long pairs are dropped (`tokenize.overlong: drop`); every truncation and drop is counted.
 `manifest.json` records each split's row count and a hash of its ids, so a training stage can assert that it trains on
