@@ -20,9 +20,11 @@ from rlhf.config import Model
 from rlhf.io import UserError
 
 # ChatML, used for models whose tokenizer has no chat template. The prompt rendered with add_generation_prompt is a
-# prefix of prompt + answer, so the tokenize stage can split prompt and completion exactly.
+# prefix of prompt + answer, so the tokenize stage can split prompt and completion exactly. A turn ends with the
+# tokenizer's EOS (<|im_end|> for the tiny model's tokenizer): a tokenizer without ChatML's tokens still has a special
+# token where an answer ends, so generation knows where to stop.
 FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}{{ eos_token }}\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -107,10 +109,42 @@ def resolve_pretrained(cfg: Model, out: Path) -> dict:
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_template(tokenizer, cfg.name)
     tokenizer.save_pretrained(out)
     if local:
         return {"kind": "local", "path": str(path.resolve()), "fingerprint": fingerprint(path)}
     return {"kind": "hub", "name": cfg.name, "revision": getattr(config, "_commit_hash", None) or cfg.revision}
+
+
+PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "PROBE"}]
+
+
+def end_of_turn(tokenizer) -> tuple[int, list[int]]:
+    """(the token that ends an assistant answer, the tokens the chat template writes after it), read off the template
+    by rendering a probe answer: <|im_end|> and a newline for ChatML (Qwen), <|eot_id|> for Llama 3, </s> for Mistral
+    and Llama 2, <end_of_turn> and a newline for Gemma. It is the first special token after the answer's text, which
+    need not be the tokenizer's EOS (Gemma's EOS is <eos>; Llama 3's first release had <|end_of_text|>)."""
+    text = tokenizer.apply_chat_template(PROBE, tokenize=False)
+    after = text[text.rfind("PROBE") + len("PROBE"):]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for n, token in enumerate(ids):
+        if token in special:
+            return token, ids[n + 1:]
+    raise UserError(f"the chat template ends an assistant answer with {after!r}, which holds no special token, so "
+                    "generation could not tell where an answer ends. Give the model a chat template that closes each "
+                    "assistant turn with a special token (its end-of-turn token or EOS), in tokenizer_config.json's "
+                    "chat_template or a chat_template.jinja file in the model folder.")
+
+
+def check_template(tokenizer, name: str) -> None:
+    """Raise a UserError if the chat template of model `name` has no end-of-turn token or writes BOS twice."""
+    end_of_turn(tokenizer)
+    ids = tokenizer.apply_chat_template(PROBE, tokenize=True, return_dict=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:2] == [bos, bos]:
+        raise UserError(f"model.name = {name!r}: its chat template starts a conversation with two BOS tokens "
+                        f"({tokenizer.bos_token!r}). Fix the template so it writes bos_token once.")
 
 
 def fingerprint(folder: Path) -> str:

@@ -107,6 +107,7 @@ class Tokenize:
     max_prompt_length: int = field(default=256, metadata=_range(1))
     max_completion_length: int = field(default=256, metadata=_range(1))
     overlong: Literal["truncate", "drop"] = "truncate"
+    system_message: Literal["keep", "fold_into_user", "drop"] = "keep"
 
 
 @dataclass

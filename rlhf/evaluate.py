@@ -63,8 +63,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir) -> tuple[d
     answers = {name: generation.generate(m, prompts, tokenizer, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                          batch, seed=params.seed) for name, m in models.items()}
     rm, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    suffix = reward.turn_end(validation["chosen_ids"], tokenizer.eos_token_id)
-    score = reward.reward_function(rm, stats, tokenizer, suffix, batch)
+    score = reward.reward_function(rm, stats, tokenizer, base.end_of_turn(tokenizer), batch)
     rm_scores = {name: score(prompts, ans)[0] for name, ans in answers.items()}
     metrics = {f"rm_{k}": v for k, v in win_rate(rm_scores["policy"], rm_scores["sft"]).items()}
     metrics |= {f"rm_mean_{name}": s.mean().item() for name, s in rm_scores.items()}

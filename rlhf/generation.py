@@ -3,18 +3,19 @@
 Used by the align stage's own check, by PPO's rollouts, and by the evaluate stage."""
 import torch
 
-from rlhf import synthetic
+from rlhf import base, synthetic
 
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, batch_size: int = 64, seed: int = 0) -> list[list[int]]:
-    """Sampled completion ids per prompt, cut after the first EOS (kept) and without padding.
+    """Sampled completion ids per prompt, cut after the first stop token (kept: see `stop_ids`) and without padding.
 
     Prompts are left-padded in batches; sampling is seeded so that the same model, prompts and seed give the same
     completions on CPU.
     """
     device = next(model.parameters()).device
+    stops = stop_ids(tokenizer)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     completions = []
@@ -28,13 +29,19 @@ def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, te
             mask[i, longest - len(p):] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
                              temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
         for row in out[:, longest:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id) + 1]
-            completions.append(row)
+            ends = [n for n, token in enumerate(row) if token in stops]
+            completions.append(row[: ends[0] + 1] if ends else row)
     torch.random.set_rng_state(generator_state)
     return completions
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """The tokens that end an answer: the chat template's end of turn (<|eot_id|> for Llama 3, <end_of_turn> for
+    Gemma), and EOS, where they differ."""
+    end, _ = base.end_of_turn(tokenizer)
+    return [end] if tokenizer.eos_token_id in (None, end) else [end, tokenizer.eos_token_id]
 
 
 def prompt_text(prompt_ids: list[int], tokenizer) -> str:

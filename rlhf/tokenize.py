@@ -4,6 +4,10 @@ Output columns per row: `id`, `prompt_ids`, `chosen_ids`, `rejected_ids` (DPO's 
 ids exclude the prompt). The other trainers' columns are concatenations of these (see `sft_columns` and
 `reward_columns`), so no training stage tokenizes again.
 
+The model's chat template renders each row; a row the template refuses (a system message for Gemma's template, see
+`tokenize.system_message`), or a template that renders the prompt differently once an answer follows, stops the stage
+with an error naming the row (README, "Chat templates").
+
 Prompts are truncated from the left (the end of a conversation matters most), completions from the right, to the
 `tokenize.*` limits, or over-long pairs are dropped (`tokenize.overlong: drop`); every truncation and drop is counted.
 `manifest.json` records each split's row count and a hash of its ids, so a training stage can assert that it trains on
@@ -20,7 +24,7 @@ COUNTS = ("truncated_prompt", "truncated_chosen", "truncated_rejected", "dropped
           "dropped_overlong_chosen", "dropped_overlong_rejected", "dropped_empty_completion")
 
 
-def common_prefix_length(a: list[int], b: list[int]) -> int:
+def common_prefix_length(a, b) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -29,15 +33,64 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def encode(row: dict, tokenizer) -> dict:
-    """Token ids of one canonical row, split into prompt and completions as TRL's DPOTrainer does."""
-    prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
-    chosen = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=True, return_dict=True)
-    rejected = tokenizer.apply_chat_template(row["prompt"] + row["rejected"], tokenize=True, return_dict=True)
-    prompt, chosen, rejected = prompt["input_ids"], chosen["input_ids"], rejected["input_ids"]
-    # The completion starts where the rendered prompt and prompt + answer diverge (templates may differ there).
-    n = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
-    return {"id": row["id"], "prompt_ids": prompt[:n], "chosen_ids": chosen[n:], "rejected_ids": rejected[n:]}
+def system_messages(messages: list[dict], how: str) -> list[dict]:
+    """`messages` with system messages kept, dropped, or folded: their text goes in front of the next user message
+    (for templates without a system role, such as Gemma's and Mistral's)."""
+    if how == "keep":
+        return messages
+    out, pending = [], []
+    for m in messages:
+        if m["role"] == "system":
+            pending.append(m["content"])
+            continue
+        if m["role"] == "user" and pending:
+            if how == "fold_into_user":
+                m = {"role": "user", "content": "\n\n".join(pending + [m["content"]])}
+            pending = []
+        out.append(m)
+    return out
+
+
+def render(tokenizer, messages: list[dict], row_id: str, **kwargs) -> str:
+    """The chat template's text of `messages`; a template that refuses them is a UserError naming the row."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except TemplateError as err:
+        if any(m["role"] == "system" for m in messages):
+            hint = ("The row has a system message, which this chat template does not accept (Gemma's and Mistral's "
+                    "have no system role): set tokenize.system_message to fold_into_user (its text goes in front of "
+                    "the next user message) or drop.")
+        else:
+            hint = "Fix the row in your data, or give the model a chat template that accepts it."
+        raise UserError(f"tokenize: the chat template refuses row {row_id!r}: {err}. {hint}") from None
+
+
+def encode(row: dict, tokenizer, system_message: str) -> dict:
+    """Token ids of one canonical row, split into prompt and completions as TRL's DPOTrainer does.
+
+    The prompt is rendered with the generation prompt, as the model sees it when it answers; prompt + answer must
+    start with exactly that text, or the model would be trained on a context it never sees (a UserError). The texts
+    are tokenized without the tokenizer's own special tokens: the template writes BOS where the family wants one."""
+    prompt = system_messages(row["prompt"], system_message)
+    texts = {"prompt": render(tokenizer, prompt, row["id"], add_generation_prompt=True)}
+    for key in ("chosen", "rejected"):
+        texts[key] = render(tokenizer, prompt + row[key], row["id"])
+        if not texts[key].startswith(texts["prompt"]):
+            at = common_prefix_length(texts["prompt"], texts[key])
+            raise UserError(
+                f"tokenize: row {row['id']!r}: the chat template renders the prompt differently once an answer "
+                f"follows it (the prompt alone reads {texts['prompt'][at:at + 60]!r} where prompt + answer reads "
+                f"{texts[key][at:at + 60]!r}), so the model would be trained on a context it never sees when it "
+                "answers. Some templates put the system message only in the last user turn or drop earlier "
+                "reasoning: try tokenize.system_message: fold_into_user, or give the model a template whose prompt "
+                "is a prefix of prompt + answer.")
+    ids = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in texts.items()}
+    # Tokens may merge across the prompt/answer boundary: the completion starts where the token sequences diverge.
+    n = min(common_prefix_length(ids["prompt"], ids["chosen"]), common_prefix_length(ids["prompt"], ids["rejected"]))
+    return {"id": row["id"], "prompt_ids": ids["prompt"][:n], "chosen_ids": ids["chosen"][n:],
+            "rejected_ids": ids["rejected"][n:]}
 
 
 def fit(example: dict, cfg: Tokenize, counts: Counter) -> dict | None:
@@ -68,7 +121,7 @@ def tokenize_split(rows: list[dict], tokenizer, cfg: Tokenize) -> tuple[list[dic
 
     out, counts = [], Counter(dict.fromkeys(COUNTS, 0))
     for row in tqdm(rows, desc="tokenize", unit="row", mininterval=2):
-        example = fit(encode(row, tokenizer), cfg, counts)
+        example = fit(encode(row, tokenizer, cfg.system_message), cfg, counts)
         if example is None:
             continue
         if not example["chosen_ids"] or not example["rejected_ids"]:

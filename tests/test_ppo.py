@@ -154,13 +154,6 @@ def test_rollout_tensors_line_answers_up():
     assert batch["mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
-def test_turn_end_is_what_follows_the_eos():
-    """ChatML completions end '<|im_end|>' (EOS, id 2 here) then a newline (id 9): the reward model saw both."""
-    assert reward.turn_end([[4, 5, 6], [7, 2, 9]], eos_id=2) == [9]
-    assert reward.turn_end([[7, 8, 2]], eos_id=2) == []
-    assert reward.turn_end([[7, 8]], eos_id=2) == []
-
-
 class LastTokenScorer(torch.nn.Module):
     """A stand-in reward model: the score of a sequence is its last non-padding token id."""
 
@@ -174,10 +167,11 @@ class LastTokenScorer(torch.nn.Module):
 
 
 def test_reward_function_scores_ended_answers_with_the_turn_end():
-    """EOS 2, turn end (9). Prompt (1, 2) + answer (5, 2) ended: scored as (1, 2, 5, 2, 9), score 9. Prompt (3) +
-    answer (6, 7) was cut off: scored as it is, score 7. Normalized with mean 1, std 2: (9-1)/2 = 4, (7-1)/2 = 3."""
-    tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=0)
-    score = reward.reward_function(LastTokenScorer(), {"score_mean": 1.0, "score_std": 2.0}, tokenizer, [9], 8)
+    """End of turn 2, then the template writes 9. Prompt (1, 2) + answer (5, 2) ended: scored as (1, 2, 5, 2, 9),
+    score 9. Prompt (3) + answer (6, 7) was cut off: scored as it is, score 7. Normalized with mean 1, std 2:
+    (9-1)/2 = 4, (7-1)/2 = 3."""
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    score = reward.reward_function(LastTokenScorer(), {"score_mean": 1.0, "score_std": 2.0}, tokenizer, (2, [9]), 8)
     raw, normalized = score([[1, 2], [3]], [[5, 2], [6, 7]])
     assert raw.tolist() == [9, 7] and normalized.tolist() == [4, 3]
 

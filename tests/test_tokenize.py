@@ -17,7 +17,7 @@ def tokenizer():
 
 def test_encode_splits_prompt_and_completion_exactly(tokenizer):
     row = messages("How was the pizza?", "the pizza was great.", "it was awful.")
-    ex = tokenize.encode(row, tokenizer)
+    ex = tokenize.encode(row, tokenizer, "keep")
     full = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=True, return_dict=True)["input_ids"]
     assert ex["prompt_ids"] + ex["chosen_ids"] == full
     assert tokenizer.decode(ex["prompt_ids"]) == "<|im_start|>user\nHow was the pizza?<|im_end|>\n<|im_start|>assistant\n"

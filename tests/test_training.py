@@ -72,7 +72,7 @@ def test_completion_only_loss_on_a_hand_made_example(tiny_data):
     tokenizer = base.load_tokenizer(tiny_data / "models/base")
     example = tokenize.encode({"id": "x", "prompt": [{"role": "user", "content": "How was the pizza?"}],
                                "chosen": [{"role": "assistant", "content": "the pizza was great."}],
-                               "rejected": [{"role": "assistant", "content": "it was awful."}]}, tokenizer)
+                               "rejected": [{"role": "assistant", "content": "it was awful."}]}, tokenizer, "keep")
     short = {**example, "chosen_ids": example["chosen_ids"][:3]}
     data = Dataset.from_list([tokenize.sft_columns(example), tokenize.sft_columns(short)])
     model = train.load_model(tiny_data / "models/base", Model())

@@ -14,7 +14,8 @@ from rlhf.io import UserError
 def prompt_dataset(prompt_ids: list[list[int]], tokenizer) -> Dataset:
     """GRPOTrainer generates from text prompts; give it the tokenize stage's prompts as text that tokenizes back to
     exactly the same ids (checked), plus the ids themselves for the reward functions."""
-    texts = [tokenizer.decode(ids) for ids in prompt_ids]
+    added = tokenizer("")["input_ids"]  # what the tokenizer adds by itself (BOS for Llama 3, Mistral, Gemma)
+    texts = [tokenizer.decode(ids[len(added):] if ids[:len(added)] == added else ids) for ids in prompt_ids]
     for number, (text, ids) in enumerate(zip(texts, prompt_ids), 1):
         if tokenizer(text)["input_ids"] != ids:
             raise UserError(f"grpo: training prompt {number} does not tokenize back to the tokenize stage's ids, so "
@@ -52,8 +53,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
 
     # -- rewards: the trained reward model, plus the oracle where asked for
     scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    suffix = reward.turn_end(train_rows["chosen_ids"], tokenizer.eos_token_id)
-    funcs = [reward_model_reward(reward.reward_function(scorer, stats, tokenizer, suffix,
+    funcs = [reward_model_reward(reward.reward_function(scorer, stats, tokenizer, base.end_of_turn(tokenizer),
                                                         section.per_device_train_batch_size))]
     task = generation.builtin_task(params.data.source)
     if section.oracle_reward:
@@ -64,6 +64,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
 
     # -- trainer
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
+    model.generation_config.eos_token_id = generation.stop_ids(tokenizer)  # TRL stops at these and EOS
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
                                    **resuming.align_sections(params, "grpo"))

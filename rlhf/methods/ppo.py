@@ -280,9 +280,9 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     # -- models: reward model; policy = SFT + new adapter (reference: adapter disabled) with a value head
     scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
     scorer = to_accelerator(scorer, params.model)
-    suffix = reward.turn_end(train_rows["chosen_ids"], tokenizer.eos_token_id)
     model, value_head = policy_with_value_head(params, base_dir, sft_dir, lora)
-    reward_fn = reward.reward_function(scorer, stats, tokenizer, suffix, section.mini_batch_size)
+    reward_fn = reward.reward_function(scorer, stats, tokenizer, base.end_of_turn(tokenizer),
+                                       section.mini_batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=section.learning_rate, weight_decay=0.0)
 
