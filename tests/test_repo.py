@@ -193,3 +193,8 @@ def test_dep_exclusions_hold_no_code():
     for path, reason in NOT_DEPS.items():
         body = ast.parse((REPO / path).read_text()).body
         assert reason and len(body) == 1 and isinstance(body[0], ast.Expr), f"{path} has code: make it a dep"
+
+
+def test_readme_images_exist():
+    for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (REPO / "README.md").read_text()):
+        assert (REPO / path).is_file(), f"README.md shows {path}, which is not in the repo"
