@@ -222,7 +222,7 @@ class PPO:
     kl_coef: float = field(default=0.2, metadata=_range(0.0))
     adap_kl_ctrl: bool = False
     target: float = field(default=1.5, metadata=_range(0.0, low_open=True))
-    horizon: int = field(default=10000, metadata=_range(1))
+    horizon: int = field(default=2560, metadata=_range(1))
     missing_eos_penalty: float | None = field(default=None, metadata=_range(0.0))
     reward_normalization: Literal["dataset", "sft_samples"] = "dataset"
     critic: Literal["shared", "separate"] = "shared"

@@ -362,6 +362,39 @@ def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
     torch.testing.assert_close(values[0], expected, atol=1e-4, rtol=1e-4)
 
 
+def train_iterations(root, iterations: int, reward_fn, **overrides) -> list[dict]:
+    """Rollout and update `iterations` times on the tiny model; each iteration's rollout metrics (fresh samples)."""
+    params, tokenizer, prompts, model, value_head, optimizer = tiny_policy(root, **overrides)
+    history = []
+    for iteration in range(1, iterations + 1):
+        batch = prompts[(iteration - 1) * 8: iteration * 8]
+        experience, metrics = ppo.rollout(model, None, value_head, reward_fn, tokenizer, batch, params.ppo,
+                                          params.ppo.kl_coef, seed=iteration)
+        ppo.update(model, None, value_head, optimizer, experience, params.ppo, seed=iteration)
+        history.append(metrics)
+    return history
+
+
+@pytest.mark.slow
+def test_training_raises_the_score_of_fresh_samples(tiny_trained):
+    """Ten iterations raise the mean reward of fresh samples well above the first rollout's. The reward is one the
+    tiny model's answers differ in (their mean token id; the oracle scores nearly all of them 0). Catches a flipped
+    policy-gradient sign (the score then falls) and a learning loop that does not learn at all."""
+    scores = [m["score"] for m in train_iterations(tiny_trained, 10, token_reward, kl_coef=0.0)]
+    assert sum(scores[-3:]) / 3 > scores[0] + 0.3, scores
+
+
+@pytest.mark.slow
+def test_higher_kl_coef_gives_lower_kl(tiny_trained):
+    """Same reward, same seeds: kl_coef 1 must end with a lower KL to the SFT model than kl_coef 0. Catches logp and
+    ref_logp swapped in the KL penalty (a higher coefficient would then push the policy away faster)."""
+    last = {}
+    for kl_coef in (0.0, 1.0):
+        history = train_iterations(tiny_trained, 8, token_reward, kl_coef=kl_coef)
+        last[kl_coef] = sum(m["kl"] for m in history[-3:]) / 3
+    assert last[1.0] < 0.5 * last[0.0], last
+
+
 # -- smoke run on the tiny model -------------------------------------------------------------------------------------
 
 SMOKE = {"num_iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2, "max_new_tokens": 8,
@@ -384,10 +417,11 @@ def smoke(tiny_trained):
 
 def test_smoke_metrics_and_outputs(smoke):
     root, params, metrics, model = smoke
-    names = ("score", "score_normalized", "kl", "entropy", "policy_loss", "value_loss", "clip_fraction",
-             "explained_variance", "response_length")
+    names = ("score", "score_normalized", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clip_fraction",
+             "explained_variance", "response_length", "ended_fraction", "approx_kl", "ratio_mean", "ratio_max",
+             "value_clip_fraction")
     assert all(math.isfinite(metrics[n]) for n in names), metrics
-    assert metrics["iterations"] == 3 and 1 <= metrics["response_length"] <= 8
+    assert metrics["kl_coef"] == params.ppo.kl_coef and metrics["ratio_max"] >= metrics["ratio_mean"] > 0
     out = root / "ppo-smoke"
     for name in ("adapter_model.safetensors", "adapter_config.json", ppo.VALUE_HEAD_FILE, "tokenizer.json"):
         assert (out / name).exists(), name
@@ -395,7 +429,8 @@ def test_smoke_metrics_and_outputs(smoke):
     assert (checkpoint / "adapter_model.safetensors").exists() and (checkpoint / ppo.VALUE_HEAD_FILE).exists()
     assert torch.load(checkpoint / ppo.TRAINER_STATE_FILE)["iteration"] == 2
     assert not (root / "checkpoints/ppo-smoke/iter-3").exists()  # save_steps 2
-    assert (root / "dvclive/ppo-smoke/plots/metrics/kl.tsv").read_text().count("\n") == 1 + 3  # header + 3 rows
+    for name in ("kl", "approx_kl", "value_clip_fraction", "ratio_max"):  # diagnostics sit with the curves
+        assert (root / f"dvclive/ppo-smoke/plots/metrics/{name}.tsv").read_text().count("\n") == 1 + 3, name
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # training moved the adapter off its zero init
 
@@ -444,7 +479,8 @@ def test_align_stage_runs_ppo(tiny_trained, tmp_path):
               "--reward", "models/reward", "--out", "models/policy", "--metrics", "metrics/align.json",
               "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
     metrics = json.loads((tmp_path / "metrics/align.json").read_text())
-    assert metrics["method"] == "ppo" and metrics["iterations"] == 3 and "oracle_gain" in metrics
+    assert metrics["method"] == "ppo"
+    assert metrics["oracle_gain"] == pytest.approx(metrics["oracle_policy"] - metrics["oracle_sft"], abs=1e-5)
     model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "models/policy",
                                       Model())
     assert (tmp_path / "models/policy" / ppo.VALUE_HEAD_FILE).exists()
@@ -468,5 +504,34 @@ def test_resume_from_a_checkpoint_equals_the_whole_run(smoke):
         assert (root / "ppo-resumed" / name).read_bytes() == (root / "ppo-smoke" / name).read_bytes(), name
     curve = "dvclive/{}/plots/metrics/kl.tsv"
     assert (root / curve.format("ppo-resumed")).read_text() == (root / curve.format("ppo-smoke")).read_text()
-    _, other, _ = run_ppo(root, "ppo-other", checkpoints="ppo-smoke", learning_rate=2e-2)  # other params: start over
-    assert other["policy_loss"] != metrics["policy_loss"]
+    # Other params must start over, not resume: iteration 1 then samples as the smoke run did (same start and seed),
+    # iteration 2 differs (another learning rate moved the policy). Resumed, both rows would be the smoke run's.
+    run_ppo(root, "ppo-other", checkpoints="ppo-smoke", learning_rate=2e-2)
+    smoke_rows, other_rows = ((root / f"dvclive/{name}/plots/metrics/score.tsv").read_text().splitlines()
+                              for name in ("ppo-smoke", "ppo-other"))
+    assert other_rows[1] == smoke_rows[1] and other_rows[2] != smoke_rows[2]
+
+
+def tsv_column(path) -> list[float]:
+    return [float(line.split("\t")[-1]) for line in path.read_text().splitlines()[1:]]
+
+
+OPTIONS = {"critic": "separate", "adap_kl_ctrl": True, "target": 0.01, "horizon": 8,
+           "reward_normalization": "sft_samples", "missing_eos_penalty": 1.0}
+
+
+@pytest.mark.slow
+def test_options_run_and_resume_exactly(tiny_trained):
+    """The separate critic, the adaptive KL controller, SFT-sample normalization and the missing-EOS penalty, all on:
+    the run saves the critic's adapter, the KL coefficient moves, and a run resumed from iteration 2 (critic,
+    its optimizer group and the KL coefficient restored) ends exactly as the whole run."""
+    root = tiny_trained
+    _, whole, _ = run_ppo(root, "ppo-options", **OPTIONS)
+    critic_file = f"{ppo.CRITIC_DIR}/adapter_model.safetensors"
+    assert (root / "ppo-options" / critic_file).exists()
+    kl_coefs = tsv_column(root / "dvclive/ppo-options/plots/metrics/kl_coef.tsv")
+    assert kl_coefs[0] == 0.2 and len(set(kl_coefs)) == 3, kl_coefs
+    _, resumed, _ = run_ppo(root, "ppo-options-resumed", checkpoints="ppo-options", **OPTIONS)
+    assert {**resumed, "train_seconds": 0} == {**whole, "train_seconds": 0}
+    for name in ("adapter_model.safetensors", ppo.VALUE_HEAD_FILE, critic_file):
+        assert (root / "ppo-options-resumed" / name).read_bytes() == (root / "ppo-options" / name).read_bytes(), name
