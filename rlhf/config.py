@@ -211,7 +211,8 @@ class GRPO:
 
 @dataclass
 class PPO:
-    # Our own PPO (TRL 1.x has none); names follow TRL's old PPOConfig where it had one.
+    # Our own PPO (TRL 1.x has none); names follow TRL's PPOConfig (0.11) where it had one. These defaults equal
+    # params.yaml's (a test checks), which is where a default is chosen.
     learning_rate: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
     num_iterations: int = field(default=40, metadata=_range(1))
     rollout_batch_size: int = field(default=64, metadata=_range(1))
@@ -219,7 +220,13 @@ class PPO:
     ppo_epochs: int = field(default=4, metadata=_range(1))
     max_new_tokens: int = field(default=32, metadata=_range(1))
     temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    kl_coef: float = field(default=0.05, metadata=_range(0.0))
+    kl_coef: float = field(default=0.2, metadata=_range(0.0))
+    adap_kl_ctrl: bool = False
+    target: float = field(default=1.5, metadata=_range(0.0, low_open=True))
+    horizon: int = field(default=2560, metadata=_range(1))
+    missing_eos_penalty: float | None = field(default=None, metadata=_range(0.0))
+    reward_normalization: Literal["dataset", "sft_samples"] = "dataset"
+    critic: Literal["shared", "separate"] = "shared"
     clip_range: float = field(default=0.2, metadata=_range(0.0, low_open=True))
     clip_range_value: float = field(default=0.2, metadata=_range(0.0, low_open=True))
     vf_coef: float = field(default=0.5, metadata=_range(0.0))

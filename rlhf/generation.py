@@ -1,9 +1,33 @@
 """Sampling from a causal LM on tokenized prompts, and scoring samples with the built-in task's oracle.
 
 Used by the align stage's own check, by PPO's rollouts, and by the evaluate stage."""
+import contextlib
+
 import torch
 
 from rlhf import base, synthetic
+
+
+def sampling_config(tokenizer, max_new_tokens: int, temperature: float, top_p: float, stops: list[int]):
+    """A GenerationConfig with our sampling params, the tokens that end an answer (`stop_ids`), the pad token, and
+    nothing else."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
+
+
+@contextlib.contextmanager
+def only_our_sampling(model, config):
+    """`generate` fills every field its config leaves unset from the model's own generation config (a checkpoint's
+    repetition penalty, say), so the answers would come from another distribution than the one PPO and the KL
+    estimate score. Swap that config for ours while sampling."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved, inner.generation_config = inner.generation_config, config
+    try:
+        yield config
+    finally:
+        inner.generation_config = saved
 
 
 @torch.no_grad()
@@ -27,9 +51,9 @@ def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, te
         for i, p in enumerate(batch):
             ids[i, longest - len(p):] = torch.tensor(p)
             mask[i, longest - len(p):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
+        config = sampling_config(tokenizer, max_new_tokens, temperature, top_p, stops)
+        with only_our_sampling(model, config):
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
         for row in out[:, longest:].tolist():
             ends = [n for n, token in enumerate(row) if token in stops]
             completions.append(row[: ends[0] + 1] if ends else row)

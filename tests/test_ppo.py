@@ -1,5 +1,8 @@
-"""PPO: GAE, the clipped losses and the KL-penalized rewards on hand-computed values; a smoke run on the tiny model
-whose adapter loads back, whose reference is the SFT model, and which is deterministic."""
+"""PPO: GAE, the clipped losses, the KL-penalized rewards and the KL controller on hand-computed values; behavioural
+tests on the tiny model that fail when learning is broken (a flipped policy-gradient sign, the KL penalty's arguments
+swapped, the sampling temperature or config lost, the missing-EOS penalty or the critic's start wrong); a smoke run
+whose adapter loads back, whose reference is the SFT model, and which is deterministic and resumes exactly. The slow
+tier trains with the oracle as reward and checks the score rises and that a higher kl_coef holds the KL lower."""
 import dataclasses
 import json
 import math
@@ -8,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf import align, config, policy, reward
+import yaml
+
+from rlhf import align, base, config, generation, policy, reward, scoring, train
 from rlhf.config import Model
 from rlhf.methods import ppo
-from conftest import TINY, run_stage, write_params
+from conftest import REPO, TINY, run_stage, write_params
 
 # Two answers of 3 and 2 tokens; the second row's last column is padding.
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -72,21 +77,38 @@ def test_policy_loss_hand_computed_with_clipping():
     rho 0.5, A  1: max(-0.5, -0.8) = -0.5   outside, but unclipped wins (pessimistic bound)  gradient -0.1
     rho 1.5, A -1: max( 1.5,  1.2) =  1.5   outside, but unclipped wins                     gradient +0.3
     loss = (-1.1 - 2.4 + 0.8 - 0.5 + 1.5) / 5 = -0.34; clip fraction 2/5. Padding has a wild ratio; it must not count.
+    Diagnostics over the 5 answer tokens: ratio mean 5.1 / 5 = 1.02, max 1.5 (not the padding's 100); k3 KL
+    sum(rho - 1 - log rho) / 5 = (0.0046898 + 2 * 0.0945349 + 2 * 0.1931472) / 5 = 0.1160108.
+    Catches a flipped sign of the loss (the values and the gradient change sign).
     """
     old_logp = torch.zeros(2, 3)
     logp = torch.log(torch.tensor([[1.1, 1.5, 0.5], [0.5, 1.5, 100.0]])).requires_grad_()
     advantages = torch.tensor([[1.0, 2.0, -1.0], [1.0, -1.0, 5.0]])
-    loss, clip_fraction = ppo.policy_loss(logp, old_logp, advantages, MASK, clip_range=0.2)
+    loss, stats = ppo.policy_loss(logp, old_logp, advantages, MASK, clip_range=0.2)
     assert loss.item() == pytest.approx(-0.34)
-    assert clip_fraction.item() == pytest.approx(0.4)
+    assert stats["clip_fraction"].item() == pytest.approx(0.4)
+    assert stats["ratio_mean"].item() == pytest.approx(1.02) and stats["ratio_max"].item() == pytest.approx(1.5)
+    assert stats["approx_kl"].item() == pytest.approx(0.1160108, abs=1e-6)
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[-0.22, 0.0, 0.0], [-0.1, 0.3, 0.0]]))
 
 
 def test_policy_loss_at_ratio_one_is_minus_mean_advantage():
     advantages = torch.tensor([[1.0, 2.0, 3.0], [-4.0, 5.0, 6.0]])
-    loss, clip_fraction = ppo.policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), advantages, MASK, 0.2)
-    assert loss.item() == pytest.approx(-(1 + 2 + 3 - 4 + 5) / 5) and clip_fraction.item() == 0
+    loss, stats = ppo.policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), advantages, MASK, 0.2)
+    assert loss.item() == pytest.approx(-(1 + 2 + 3 - 4 + 5) / 5) and stats["clip_fraction"].item() == 0
+    assert stats["approx_kl"].item() == 0 and stats["ratio_mean"].item() == 1
+
+
+def test_policy_loss_ignores_overflowing_padding():
+    """Padding holds whatever the forward pass gave: a log-ratio of 1000 there overflows exp() to inf, and
+    0 * inf = NaN would poison the mean and the gradient unless the log-ratio is masked before the exponential."""
+    logp = torch.tensor([[0.1, 0.0, -0.1], [0.0, 0.0, 1000.0]], requires_grad=True)
+    advantages = torch.tensor([[1.0, -1.0, 1.0], [1.0, 1.0, 0.0]])
+    loss, stats = ppo.policy_loss(logp, torch.zeros(2, 3), advantages, MASK, 0.2)
+    loss.backward()
+    assert math.isfinite(loss.item()) and torch.isfinite(logp.grad).all()
+    assert all(math.isfinite(v.item()) for v in stats.values()) and stats["ratio_max"].item() < 2
 
 
 def test_value_loss_hand_computed_with_clipping():
@@ -96,12 +118,14 @@ def test_value_loss_hand_computed_with_clipping():
     old 1, V 1.5,  R 2: max(0.25, (1.2 - 2)^2 = 0.64) = 0.64   clipped one is worse: it counts
     old 1, V 1.5,  R 1: max(0.25, (1.2 - 1)^2 = 0.04) = 0.25
     old 0, V -1,   R 0: max(1.00, (-0.2)^2    = 0.04) = 1
-    loss = 0.5 * (0.81 + 0.64 + 0.25 + 1) / 4 = 0.3375 (padding ignored)."""
+    loss = 0.5 * (0.81 + 0.64 + 0.25 + 1) / 4 = 0.3375 (padding ignored); the clipped term is the larger one on the
+    second token only: value clip fraction 1/4."""
     values = torch.tensor([[1.1, 1.5, 1.5], [-1.0, 0.0, 50.0]])
     old_values = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     returns = torch.tensor([[2.0, 2.0, 1.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    assert ppo.value_loss(values, old_values, returns, mask, 0.2).item() == pytest.approx(0.3375)
+    loss, clip_fraction = ppo.value_loss(values, old_values, returns, mask, 0.2)
+    assert loss.item() == pytest.approx(0.3375) and clip_fraction.item() == pytest.approx(0.25)
 
 
 def test_kl_penalty_rewards_hand_computed():
@@ -112,6 +136,24 @@ def test_kl_penalty_rewards_hand_computed():
     ref_logp = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, 5.0]])
     rewards = ppo.kl_penalty_rewards(torch.tensor([2.0, -1.0]), logp, ref_logp, MASK, kl_coef=0.1)
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.1, 2.0], [-0.1, -0.8, 0.0]]))
+
+
+def test_adaptive_kl_coef_hand_computed():
+    """Ziegler et al.: e = clip(KL / target - 1, -0.2, 0.2), beta <- beta (1 + e n / horizon); n = 64, horizon 640.
+    KL 3, target 2: e = 0.5 -> 0.2, beta 0.1 * (1 + 0.02) = 0.102.  KL 1.8: e = -0.1, beta 0.1 * 0.99 = 0.099.
+    KL 0: e = -1 -> -0.2, beta 0.098.  On target: unchanged."""
+    assert ppo.adaptive_kl_coef(0.1, 3.0, 2.0, 640, 64) == pytest.approx(0.102)
+    assert ppo.adaptive_kl_coef(0.1, 1.8, 2.0, 640, 64) == pytest.approx(0.099)
+    assert ppo.adaptive_kl_coef(0.1, 0.0, 2.0, 640, 64) == pytest.approx(0.098)
+    assert ppo.adaptive_kl_coef(0.1, 2.0, 2.0, 640, 64) == pytest.approx(0.1)
+
+
+def test_ppo_defaults_live_in_params_yaml():
+    """The PPO dataclass's defaults are params.yaml's values (kl_coef was 0.05 in code and 0.2 in params.yaml), so
+    code that builds config.PPO() gets the defaults that were chosen and measured."""
+    assert config.load(REPO / "params.yaml").ppo == config.PPO()
+    assert set(yaml.safe_load((REPO / "params.yaml").read_text())["ppo"]) == {f.name for f in
+                                                                             dataclasses.fields(config.PPO)}
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
@@ -176,6 +218,177 @@ def test_reward_function_scores_ended_answers_with_the_turn_end():
     assert raw.tolist() == [9, 7] and normalized.tolist() == [4, 3]
 
 
+# -- behaviour on the tiny model: rollout and update ----------------------------------------------------------------
+
+def tiny_policy(root, **overrides):
+    """(params, tokenizer, training prompts, policy, value head, optimizer) on the tiny trained models."""
+    params = config.load(root / "params.yaml")
+    params = dataclasses.replace(params, ppo=dataclasses.replace(params.ppo, **(SMOKE | overrides)))
+    _, lora, _ = train.resolve(params, params.sft, None)
+    model, value_head = ppo.policy_with_value_head(params, root / "models/base", root / "models/sft", lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + list(value_head.parameters()),
+                                  lr=params.ppo.learning_rate, weight_decay=0.0)
+    prompts = train.load_split(root / "data/tokenized", "train", 10**9)["prompt_ids"]
+    return params, base.load_tokenizer(root / "models/base"), prompts, model, value_head, optimizer
+
+
+def oracle_reward(tokenizer, scale: float = 1.0):
+    """A reward function that scores answers with the built-in task's oracle (raw and `scale` times it)."""
+    def score(prompts, answers):
+        raw = torch.tensor(generation.oracle_scores("sentiment", prompts, answers, tokenizer))
+        return raw, raw * scale
+    return score
+
+
+def token_reward(prompts, answers):
+    """A reward the tiny model's answers differ in (the oracle scores nearly all of them 0): their mean token id."""
+    raw = torch.tensor([sum(a) / len(a) / 100 for a in answers])
+    return raw, raw
+
+
+def zero_reward(prompts, answers):
+    return torch.zeros(len(prompts)), torch.zeros(len(prompts))
+
+
+def clipped_surrogate(logp, old_logp, advantages, mask, clip_range):
+    """E_t[min(rho A, clip(rho) A)], written out here apart from ppo.policy_loss, so a sign error there shows."""
+    ratio = torch.exp((logp - old_logp) * mask)
+    surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * advantages)
+    return ((surrogate * mask).sum() / mask.sum()).item()
+
+
+def test_one_update_raises_the_clipped_surrogate_on_its_own_batch(tiny_trained):
+    """One epoch of minibatch steps on a scored rollout must raise the clipped surrogate objective on that same batch
+    (it is 0 before: whitened advantages, ratio 1). Catches a flipped sign of the policy-gradient loss, in
+    policy_loss or where update() adds it up."""
+    params, tokenizer, prompts, model, value_head, optimizer = tiny_policy(tiny_trained, ppo_epochs=1,
+                                                                           learning_rate=1e-3)
+    section = params.ppo
+    experience, _ = ppo.rollout(model, None, value_head, token_reward, tokenizer, prompts[:16], section,
+                                section.kl_coef, seed=1)
+    args = (experience["advantages"], experience["mask"], section.clip_range)
+    assert clipped_surrogate(experience["logp"], experience["logp"], *args) == pytest.approx(0, abs=1e-6)
+    ppo.update(model, None, value_head, optimizer, experience, section, seed=1)
+    with torch.no_grad():
+        logp, _, _ = ppo.token_stats(model, None, experience["ids"], experience["attention_mask"],
+                                     experience["starts"], experience["mask"].shape[1], section.temperature)
+    assert clipped_surrogate(logp, experience["logp"], *args) > 0.01
+
+
+def test_kl_penalty_pulls_the_policy_back_to_the_reference(tiny_trained):
+    """A policy pushed off the SFT model, trained with reward 0 and only the KL penalty, must come back: the KL of
+    its fresh samples falls. Catches logp and ref_logp swapped in the KL penalty (in kl_penalty_rewards or where
+    rollout() calls it; the KL would then grow) and a flipped policy-gradient sign."""
+    params, tokenizer, prompts, model, value_head, optimizer = tiny_policy(tiny_trained, learning_rate=1e-2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.3)
+    kls = []
+    for iteration in range(1, 6):
+        batch = prompts[(iteration - 1) * 8: iteration * 8]
+        experience, metrics = ppo.rollout(model, None, value_head, zero_reward, tokenizer, batch, params.ppo,
+                                          kl_coef=1.0, seed=iteration)
+        ppo.update(model, None, value_head, optimizer, experience, params.ppo, seed=iteration)
+        kls.append(metrics["kl"])
+    assert kls[0] > 1 and kls[-1] < 0.5 * kls[0], kls
+
+
+def test_old_logprobs_are_the_samplers(tiny_trained):
+    """At temperature 0.7, with a repetition penalty in the model's own generation config, the log-probs rollout()
+    stores as old log-probs equal those of the distribution generate() sampled each token from (its processed
+    scores). Catches the temperature division dropped from token_stats, and sampling settings leaking in from the
+    model's generation config (generate() would otherwise apply that penalty)."""
+    params, tokenizer, prompts, model, value_head, _ = tiny_policy(tiny_trained, temperature=0.7)
+    inner = model.get_base_model()
+    inner.generation_config.repetition_penalty = 3.0
+    sampled, generate = {}, inner.generate
+
+    def recording_generate(*args, **kwargs):
+        out = generate(*args, **kwargs, output_scores=True, return_dict_in_generate=True)
+        sampled["scores"], sampled["sequences"] = out.scores, out.sequences
+        return out.sequences
+
+    inner.generate = recording_generate
+    experience, _ = ppo.rollout(model, None, value_head, zero_reward, tokenizer, prompts[:8], params.ppo,
+                                params.ppo.kl_coef, seed=3)
+    width = experience["mask"].shape[1]
+    new_tokens = sampled["sequences"][:, -len(sampled["scores"]):][:, :width]
+    scores = torch.stack(sampled["scores"], 1)[:, :width].float()
+    sampler_logp = torch.log_softmax(scores, -1).gather(-1, new_tokens[..., None]).squeeze(-1)
+    mask = experience["mask"].bool()
+    assert mask.sum() > 8
+    torch.testing.assert_close(experience["logp"][mask], sampler_logp[mask], atol=1e-4, rtol=1e-4)
+
+
+def test_missing_eos_penalty_lowers_cut_off_answers_only(tiny_trained):
+    """Answers cut off at max_new_tokens get the normalized score minus the penalty; ended ones keep theirs. With a
+    zero reward, no KL penalty, values 0 and no whitening, each answer's first return is its penalized score."""
+    params, tokenizer, prompts, model, value_head, _ = tiny_policy(tiny_trained, missing_eos_penalty=2.0,
+                                                                   whiten_advantages=False, lam=1.0)
+    experience, metrics = ppo.rollout(model, None, value_head, zero_reward, tokenizer, prompts[:16], params.ppo,
+                                      kl_coef=0.0, seed=5)  # 4 of these 16 answers end within 8 tokens
+    last = experience["ids"].gather(1, experience["attention_mask"].sum(1, keepdim=True) - 1).squeeze(1)
+    ended = last == tokenizer.eos_token_id
+    assert 0 < metrics["ended_fraction"] < 1 and metrics["ended_fraction"] == pytest.approx(ended.float().mean())
+    torch.testing.assert_close(experience["returns"][:, 0], torch.where(ended, 0.0, -2.0))
+    assert metrics["score_normalized"] == pytest.approx(-2.0 * (1 - metrics["ended_fraction"]))
+
+
+def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
+    """The separate critic is the reward model with its head rescaled: before training, its value at each position
+    equals the reward model's normalized score of the sequence up to that position. Catches a critic that reads
+    other hidden states than the reward head did, or skips the normalization."""
+    root = tiny_trained
+    params = config.load(root / "params.yaml")
+    _, lora, _ = train.resolve(params, params.sft, None)
+    stats = {"score_mean": 0.3, "score_std": 2.0}
+    critic, head = ppo.critic_from_reward_model(params, root / "models/base", root / "models/sft",
+                                                root / "models/reward", lora, stats)
+    ids = torch.tensor([[5, 17, 23, 42, 7, 99, 3]])
+    with torch.no_grad():
+        values = ppo.critic_values(critic, head, ids, torch.ones_like(ids), torch.tensor([2]), 4)
+    scorer, _ = reward.load_reward_model(root / "models/base", root / "models/sft", root / "models/reward",
+                                         params.model)
+    prefixes = [ids[0, : p + 1].tolist() for p in range(2, 6)]  # the state before answer token t sees ids[: t + 1]
+    expected = (scoring.reward_scores(scorer, prefixes, pad_id=0) - 0.3) / 2.0
+    torch.testing.assert_close(values[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def train_iterations(root, iterations: int, reward_fn, **overrides) -> list[dict]:
+    """Rollout and update `iterations` times on the tiny model; each iteration's rollout metrics (fresh samples)."""
+    params, tokenizer, prompts, model, value_head, optimizer = tiny_policy(root, **overrides)
+    history = []
+    for iteration in range(1, iterations + 1):
+        batch = prompts[(iteration - 1) * 8: iteration * 8]
+        experience, metrics = ppo.rollout(model, None, value_head, reward_fn, tokenizer, batch, params.ppo,
+                                          params.ppo.kl_coef, seed=iteration)
+        ppo.update(model, None, value_head, optimizer, experience, params.ppo, seed=iteration)
+        history.append(metrics)
+    return history
+
+
+@pytest.mark.slow
+def test_training_raises_the_score_of_fresh_samples(tiny_trained):
+    """Ten iterations raise the mean reward of fresh samples well above the first rollout's. The reward is one the
+    tiny model's answers differ in (their mean token id; the oracle scores nearly all of them 0). Catches a flipped
+    policy-gradient sign (the score then falls) and a learning loop that does not learn at all."""
+    scores = [m["score"] for m in train_iterations(tiny_trained, 10, token_reward, kl_coef=0.0)]
+    assert sum(scores[-3:]) / 3 > scores[0] + 0.3, scores
+
+
+@pytest.mark.slow
+def test_higher_kl_coef_gives_lower_kl(tiny_trained):
+    """Same reward, same seeds: kl_coef 1 must end with a lower KL to the SFT model than kl_coef 0. Catches logp and
+    ref_logp swapped in the KL penalty (a higher coefficient would then push the policy away faster)."""
+    last = {}
+    for kl_coef in (0.0, 1.0):
+        history = train_iterations(tiny_trained, 8, token_reward, kl_coef=kl_coef)
+        last[kl_coef] = sum(m["kl"] for m in history[-3:]) / 3
+    assert last[1.0] < 0.5 * last[0.0], last
+
+
 # -- smoke run on the tiny model -------------------------------------------------------------------------------------
 
 SMOKE = {"num_iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2, "max_new_tokens": 8,
@@ -198,10 +411,11 @@ def smoke(tiny_trained):
 
 def test_smoke_metrics_and_outputs(smoke):
     root, params, metrics, model = smoke
-    names = ("score", "score_normalized", "kl", "entropy", "policy_loss", "value_loss", "clip_fraction",
-             "explained_variance", "response_length")
+    names = ("score", "score_normalized", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clip_fraction",
+             "explained_variance", "response_length", "ended_fraction", "approx_kl", "ratio_mean", "ratio_max",
+             "value_clip_fraction")
     assert all(math.isfinite(metrics[n]) for n in names), metrics
-    assert metrics["iterations"] == 3 and 1 <= metrics["response_length"] <= 8
+    assert metrics["kl_coef"] == params.ppo.kl_coef and metrics["ratio_max"] >= metrics["ratio_mean"] > 0
     out = root / "ppo-smoke"
     for name in ("adapter_model.safetensors", "adapter_config.json", ppo.VALUE_HEAD_FILE, "tokenizer.json"):
         assert (out / name).exists(), name
@@ -209,7 +423,8 @@ def test_smoke_metrics_and_outputs(smoke):
     assert (checkpoint / "adapter_model.safetensors").exists() and (checkpoint / ppo.VALUE_HEAD_FILE).exists()
     assert torch.load(checkpoint / ppo.TRAINER_STATE_FILE)["iteration"] == 2
     assert not (root / "checkpoints/ppo-smoke/iter-3").exists()  # save_steps 2
-    assert (root / "dvclive/ppo-smoke/plots/metrics/kl.tsv").read_text().count("\n") == 1 + 3  # header + 3 rows
+    for name in ("kl", "approx_kl", "value_clip_fraction", "ratio_max"):  # diagnostics sit with the curves
+        assert (root / f"dvclive/ppo-smoke/plots/metrics/{name}.tsv").read_text().count("\n") == 1 + 3, name
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # training moved the adapter off its zero init
 
@@ -258,7 +473,8 @@ def test_align_stage_runs_ppo(tiny_trained, tmp_path):
               "--reward", "models/reward", "--out", "models/policy", "--metrics", "metrics/align.json",
               "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
     metrics = json.loads((tmp_path / "metrics/align.json").read_text())
-    assert metrics["method"] == "ppo" and metrics["iterations"] == 3 and "oracle_gain" in metrics
+    assert metrics["method"] == "ppo"
+    assert metrics["oracle_gain"] == pytest.approx(metrics["oracle_policy"] - metrics["oracle_sft"], abs=1e-5)
     model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "models/policy",
                                       Model())
     assert (tmp_path / "models/policy" / ppo.VALUE_HEAD_FILE).exists()
@@ -282,5 +498,34 @@ def test_resume_from_a_checkpoint_equals_the_whole_run(smoke):
         assert (root / "ppo-resumed" / name).read_bytes() == (root / "ppo-smoke" / name).read_bytes(), name
     curve = "dvclive/{}/plots/metrics/kl.tsv"
     assert (root / curve.format("ppo-resumed")).read_text() == (root / curve.format("ppo-smoke")).read_text()
-    _, other, _ = run_ppo(root, "ppo-other", checkpoints="ppo-smoke", learning_rate=2e-2)  # other params: start over
-    assert other["policy_loss"] != metrics["policy_loss"]
+    # Other params must start over, not resume: iteration 1 then samples as the smoke run did (same start and seed),
+    # iteration 2 differs (another learning rate moved the policy). Resumed, both rows would be the smoke run's.
+    run_ppo(root, "ppo-other", checkpoints="ppo-smoke", learning_rate=2e-2)
+    smoke_rows, other_rows = ((root / f"dvclive/{name}/plots/metrics/score.tsv").read_text().splitlines()
+                              for name in ("ppo-smoke", "ppo-other"))
+    assert other_rows[1] == smoke_rows[1] and other_rows[2] != smoke_rows[2]
+
+
+def tsv_column(path) -> list[float]:
+    return [float(line.split("\t")[-1]) for line in path.read_text().splitlines()[1:]]
+
+
+OPTIONS = {"critic": "separate", "adap_kl_ctrl": True, "target": 0.01, "horizon": 8,
+           "reward_normalization": "sft_samples", "missing_eos_penalty": 1.0}
+
+
+@pytest.mark.slow
+def test_options_run_and_resume_exactly(tiny_trained):
+    """The separate critic, the adaptive KL controller, SFT-sample normalization and the missing-EOS penalty, all on:
+    the run saves the critic's adapter, the KL coefficient moves, and a run resumed from iteration 2 (critic,
+    its optimizer group and the KL coefficient restored) ends exactly as the whole run."""
+    root = tiny_trained
+    _, whole, _ = run_ppo(root, "ppo-options", **OPTIONS)
+    critic_file = f"{ppo.CRITIC_DIR}/adapter_model.safetensors"
+    assert (root / "ppo-options" / critic_file).exists()
+    kl_coefs = tsv_column(root / "dvclive/ppo-options/plots/metrics/kl_coef.tsv")
+    assert kl_coefs[0] == 0.2 and len(set(kl_coefs)) == 3, kl_coefs
+    _, resumed, _ = run_ppo(root, "ppo-options-resumed", checkpoints="ppo-options", **OPTIONS)
+    assert {**resumed, "train_seconds": 0} == {**whole, "train_seconds": 0}
+    for name in ("adapter_model.safetensors", ppo.VALUE_HEAD_FILE, critic_file):
+        assert (root / "ppo-options-resumed" / name).read_bytes() == (root / "ppo-options" / name).read_bytes(), name
