@@ -155,7 +155,10 @@ def trainable_in_float32(model) -> None:
     """Undo TRL's cast of a k-bit model's trainable weights to bf16 (the QLoRA paper's choice, made by TRL's SFT,
     reward, DPO, KTO and GRPO trainers): a bf16 copy of lm_head (modules_to_save) meets the fp32 hidden states that
     prepare_model_for_kbit_training leaves, and fails outside autocast (measured: every fp32 run on CPU, and our
-    own scoring after training). fp32 trainable weights are what PEFT gives a full-precision model anyway."""
+    own scoring after training). fp32 trainable weights match the fp32 weights around them. Full-precision models
+    are left as the trainer made them (with bf16 weights, a bf16 lm_head copy is what works outside autocast)."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        return
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
