@@ -25,6 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"lora": ("float32", "none"), "qlora_4bit": ("float32", "4bit")}
 
 
+def load_only(base_dir: Path, cfg) -> dict:
+    """The model as the stages load it, and nothing else: its own footprint (weights and buffers), and this process's
+    resident memory after loading and at its peak while loading (the peak of a training run includes this)."""
+    from rlhf import train
+
+    model = train.load_model(base_dir, cfg)
+    status = Path("/proc/self/status").read_text().split()
+    return {"model_footprint_mib": round(model.get_memory_footprint() / 2**20, 1),
+            "rss_after_loading_mib": round(int(status[status.index("VmRSS:") + 1]) / 1024, 1)}
+
+
 def tokenizer_project(work: Path, stages: dict) -> Path:
     """A builtin:tiny project up to the base stage (no pretraining): its tokenizer goes with the Qwen-shaped model."""
     root = work / "tiny-project"
@@ -51,14 +62,19 @@ def run(work: Path, quick: bool, steps: int, batch: int) -> dict:
     results = {}
     for name, (dtype, quantization) in VARIANTS.items():
         model = dataclasses.replace(params.model, dtype=dtype, quantization=quantization)
-        run_ = trainers.isolated(trainers.ours_sft, dataclasses.replace(params, model=model), tokenized, base_dir, work)
-        run_.pop("adapter")
-        results[name] = {**run_, "seconds_per_step": round(run_["train_seconds"] / run_["steps"], 2)}
+        loading = trainers.isolated(load_only, base_dir, model)
+        trained = trainers.isolated(trainers.ours_sft, dataclasses.replace(params, model=model), tokenized, base_dir,
+                                    work)
+        trained.pop("adapter")
+        results[name] = {**trained, "seconds_per_step": round(trained["train_seconds"] / trained["steps"], 2),
+                         "loading_only": loading}
     lora, qlora = results["lora"], results["qlora_4bit"]
     return {"shape": "a reduced shape (--quick)" if quick else "Qwen2-0.5B", "model": made, "steps": steps,
             "per_device_train_batch_size": batch, "variants": {k: dict(zip(("dtype", "quantization"), v))
                                                                for k, v in VARIANTS.items()},
             **results, "qlora_over_lora_peak_rss_ratio": round(qlora["peak_rss_mib"] / lora["peak_rss_mib"], 3),
+            "qlora_over_lora_model_footprint_ratio": round(qlora["loading_only"]["model_footprint_mib"]
+                                                           / lora["loading_only"]["model_footprint_mib"], 3),
             "qlora_over_lora_seconds_per_step_ratio": round(qlora["seconds_per_step"] / lora["seconds_per_step"], 3)}
 
 
