@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, run_stage, write_params
+from conftest import REPO, TINY, run_stage, write_params
 from rlhf import config, policy, train
 from rlhf.config import Lora, Model
 from rlhf.io import UserError
@@ -59,7 +59,7 @@ def test_modules_to_save_auto_follows_the_model(name, setting, expected):
 
 
 def test_params_yaml_default_is_auto():
-    assert config.load(config.Path(__file__).resolve().parents[1] / "params.yaml").lora.modules_to_save == "auto"
+    assert config.load(REPO / "params.yaml").lora.modules_to_save == "auto"
 
 
 def test_tiny_sft_trains_and_records_an_lm_head_copy(tiny_trained):

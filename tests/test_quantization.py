@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY, run_stage, write_params
-from rlhf import align, base, config, policy, reward, sft, train
+from rlhf import align, config, policy, reward, sft, train
 from rlhf.config import Model
 from rlhf.io import UserError
 
