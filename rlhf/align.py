@@ -27,6 +27,16 @@ def check_processes(params) -> None:
                         "asks for several. Set compute.num_processes: 1 and compute.accelerate_config: null for ppo.")
 
 
+def check_checkpointing(params) -> None:
+    """Our PPO loop keeps the model in eval mode (no dropout, so the first update's ratio is exactly 1), and
+    transformers checkpoints activations only in training mode: refuse rather than ignore the param."""
+    if params.method == "ppo" and params.compute.activation_checkpointing:
+        raise UserError("compute.activation_checkpointing: true is not supported by method ppo: its loop runs the "
+                        "model in eval mode, where transformers does not checkpoint activations, so the param would "
+                        "be ignored. Set compute.activation_checkpointing: false for ppo (or use grpo, which honours "
+                        "it).")
+
+
 def starts_from_sft(params) -> bool:
     """Every method adds its adapter to the SFT model, except ORPO with `orpo.init: base`."""
     return not (params.method == "orpo" and params.orpo.init == "base")

@@ -117,7 +117,8 @@ class Lora:
     lora_alpha: int | None = field(default=None, metadata=_range(1))
     lora_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, high_open=True))
     target_modules: str | list[str] = "all-linear"
-    modules_to_save: list[str] | None = None
+    # "auto" (ours): [lm_head] for builtin:tiny, null for any other model (see train.resolve_modules_to_save)
+    modules_to_save: Literal["auto"] | list[str] | None = "auto"
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Compute:
     preset: Literal["auto", "low_memory", "standard", "cpu"] = "auto"
     num_processes: int = field(default=1, metadata=_range(1))
     accelerate_config: str | None = None
+    activation_checkpointing: bool = False  # TrainingArguments' name; honoured by every training stage
 
     def __post_init__(self):
         if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():

@@ -62,6 +62,8 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
 
     set_seed(params.seed)  # the new score head is initialized from the torch RNG
     section, lora, chosen = train.resolve(params, params.reward, train.accelerator_memory_gb())
+    peft_config = train.lora_config(lora, "SEQ_CLS")
+    chosen["modules_to_save"] = peft_config.modules_to_save  # a scorer trains its score head, never an lm_head copy
     print(f"reward: settings after compute.preset: {chosen}")
 
     # -- data: whole sequences (prompt included) for chosen and rejected
@@ -76,10 +78,11 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir], seed=params.seed, model=params.model,
                                    lora=lora, compute=params.compute, reward=section)
-    args = RewardConfig(**train.common_args(section, params.model, params.seed, checkpoints, report_to))
+    args = RewardConfig(**train.common_args(section, params, checkpoints, report_to))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-                            processing_class=tokenizer, peft_config=train.lora_config(lora, "SEQ_CLS"),
+                            processing_class=tokenizer, peft_config=peft_config,
                             callbacks=callbacks)
+    train.trainable_in_float32(trainer.model)
     if len(trainer.train_dataset) != len(train_rows):
         raise RuntimeError(f"RewardTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
 

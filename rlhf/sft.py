@@ -28,11 +28,12 @@ def run_sft(params: Params, tokenized: str, base_dir: str, out: str, checkpoints
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir], seed=params.seed, model=params.model, lora=lora,
                                    compute=params.compute, sft=section)
-    args = SFTConfig(**train.common_args(section, params.model, params.seed, checkpoints, report_to),
+    args = SFTConfig(**train.common_args(section, params, checkpoints, report_to),
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                          processing_class=tokenizer, peft_config=train.lora_config(lora, "CAUSAL_LM"),
                          callbacks=callbacks)
+    train.trainable_in_float32(trainer.model)
     if len(trainer.train_dataset) != len(train_rows):
         raise RuntimeError(f"SFTTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
 

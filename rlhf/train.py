@@ -36,35 +36,53 @@ def choose_preset(preset: str, memory_gb: float | None) -> str:
     return "low_memory" if memory_gb < LOW_MEMORY_GB else "standard"
 
 
+def resolve_modules_to_save(lora: Lora, model_name: str) -> list[str] | None:
+    """What `lora.modules_to_save: auto` stands for: a trained copy of the output layer for the built-in tiny model
+    (LoRA alone could not move its answers, see README), none for any other model, where the copy of the output
+    layer is large (150k x 1536 on a 1.5B Qwen: about 0.9 GB of fp32 weights, plus Adam state, in every stage)."""
+    if lora.modules_to_save != "auto":
+        return lora.modules_to_save
+    return ["lm_head"] if model_name == "builtin:tiny" else None
+
+
+def model_settings(params: Params) -> dict:
+    """How the model is loaded and trained, as recorded in every training stage's metrics: the dtype `auto` resolved
+    to, the quantization, the modules trained in full, and activation checkpointing."""
+    return {"dtype": str(torch_dtype(params.model)).removeprefix("torch."), "quantization": params.model.quantization,
+            "modules_to_save": resolve_modules_to_save(params.lora, params.model.name),
+            "activation_checkpointing": params.compute.activation_checkpointing}
+
+
 def resolve(params: Params, section: Training, memory_gb: float | None) -> tuple[Training, Lora, dict]:
-    """`section` and `params.lora` with every null filled from the preset, and a record of what was chosen."""
+    """`section` and `params.lora` with every null (and `auto`) filled in, and a record of what was chosen."""
     name = choose_preset(params.compute.preset, memory_gb)
     values = PRESETS[name]
     filled = {k: values[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length")
               if getattr(section, k, 0) is None}
     section = dataclasses.replace(section, **filled)
     r = params.lora.r or values["r"]
-    lora = dataclasses.replace(params.lora, r=r, lora_alpha=params.lora.lora_alpha or 2 * r)
+    lora = dataclasses.replace(params.lora, r=r, lora_alpha=params.lora.lora_alpha or 2 * r,
+                               modules_to_save=resolve_modules_to_save(params.lora, params.model.name))
     chosen = {"preset": name, "accelerator_memory_gb": memory_gb and round(memory_gb, 1), "lora_r": lora.r,
               "lora_alpha": lora.lora_alpha, "per_device_train_batch_size": section.per_device_train_batch_size,
               "gradient_accumulation_steps": section.gradient_accumulation_steps,
-              "max_length": getattr(section, "max_length", None)}
+              "max_length": getattr(section, "max_length", None), **model_settings(params)}
     return section, lora, chosen
 
 
 def check_hardware(cfg: Model) -> None:
-    """Refuse, before anything is loaded, what this machine cannot do, and say what to set instead."""
+    """Refuse, before anything is loaded, what this machine cannot do, and say what to set instead. k-bit layers
+    (bitsandbytes 0.50) and bf16 run on a CPU too (measured with the pinned stack, see README)."""
     cuda = torch.cuda.is_available()
-    if cfg.quantization != "none" and not cuda:
-        raise UserError(f"model.quantization = {cfg.quantization} needs a CUDA GPU (bitsandbytes k-bit layers), and "
-                        "this machine has none. Set model.quantization: none to train LoRA on full-precision weights, "
-                        "or run on a machine with a GPU.")
     if cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("model.dtype = bfloat16, but this GPU does not support bf16. Set model.dtype: float16 "
                         "(or auto).")
     if cfg.dtype == "float16" and not cuda:
-        raise UserError("model.dtype = float16 needs a CUDA GPU for mixed precision. Set model.dtype: auto or float32 "
-                        "on this machine.")
+        # Measured on CPU: SFT trains, but the trainer keeps fp32 copies of the trained modules on fp16 weights, and
+        # the stage's own scoring of that model (outside autocast) then fails with a dtype mismatch.
+        raise UserError("model.dtype = float16 does not run through the pipeline on a CPU (the trained model mixes "
+                        "fp16 weights with fp32 trained modules, and scoring it fails). Set model.dtype: bfloat16, "
+                        "which runs on CPU, or float32 / auto.")
 
 
 def torch_dtype(cfg: Model) -> torch.dtype:
@@ -81,9 +99,28 @@ def precision_args(cfg: Model) -> dict:
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": not torch.cuda.is_available()}
 
 
+def kbit_device() -> int | str:
+    """Where bitsandbytes quantizes the weights: this process's GPU (LOCAL_RANK under a launcher), or the CPU."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
+
+
+def check_cpu_4bit_shapes(model) -> None:
+    """bitsandbytes 0.50 runs 4-bit layers for inference on a CPU with AVX512-BF16 through a packed format that needs
+    each layer's input size to be a multiple of the quantization block (64): otherwise the first evaluation fails
+    with a reshape error (measured on a model of width 32). Real models' widths are multiples of 64."""
+    bad = [f"{name} ({m.in_features} inputs)" for name, m in model.named_modules()
+           if getattr(m, "support_avx512bf16_for_cpu", False) and m.weight.device.type == "cpu"
+           and m.in_features % m.weight.quant_state.blocksize != 0]
+    if bad:
+        raise UserError(f"model.quantization = 4bit on this CPU needs every quantized layer's input size to be a "
+                        f"multiple of 64 (bitsandbytes' CPU 4-bit kernels), but {', '.join(bad[:3])} "
+                        f"{'is' if len(bad) == 1 else 'are'} not. Use model.quantization: 8bit or none for this "
+                        "model, or (builtin:tiny) set model.tiny.hidden_size and intermediate_size to multiples of 64.")
+
+
 def load_model(base_dir: str | Path, cfg: Model, task: str = "causal"):
     """The base model recorded in `base_dir`, for causal LM (`causal`) or as a one-output scorer (`reward`),
-    quantized with bitsandbytes if model.quantization asks for it."""
+    quantized with bitsandbytes if model.quantization asks for it (on the GPU of this process, or the CPU)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
     check_hardware(cfg)
@@ -95,17 +132,36 @@ def load_model(base_dir: str | Path, cfg: Model, task: str = "causal"):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
     elif cfg.quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if cfg.quantization != "none":  # bitsandbytes quantizes the weights on the device they are placed on
+        kwargs["device_map"] = {"": kbit_device()}
     if task == "causal":
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **kwargs)
     if model.config.pad_token_id is None:  # the reward head reads the last non-padding token
         model.config.pad_token_id = base.load_tokenizer(base_dir).pad_token_id
+    if cfg.quantization == "4bit":
+        check_cpu_4bit_shapes(model)
     if cfg.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model)
+        # Its default also turns activation checkpointing on; that is compute.activation_checkpointing's call, made
+        # by the trainers (common_args) alike for k-bit and full-precision models.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def trainable_in_float32(model) -> None:
+    """Undo TRL's cast of a k-bit model's trainable weights to bf16 (the QLoRA paper's choice, made by TRL's SFT,
+    reward, DPO, KTO and GRPO trainers): a bf16 copy of lm_head (modules_to_save) meets the fp32 hidden states that
+    prepare_model_for_kbit_training leaves, and fails outside autocast (measured: every fp32 run on CPU, and our
+    own scoring after training). fp32 trainable weights match the fp32 weights around them. Full-precision models
+    are left as the trainer made them (with bf16 weights, a bf16 lm_head copy is what works outside autocast)."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def lora_config(lora: Lora, task_type: str):
@@ -180,21 +236,22 @@ def trackers(tracking, live_dir: str | Path) -> tuple[list[str], list]:
     return report_to, callbacks
 
 
-def common_args(section: Training, cfg: Model, seed: int, checkpoints: str | Path, report_to: list[str]) -> dict:
+def common_args(section: Training, params: Params, checkpoints: str | Path, report_to: list[str]) -> dict:
     """TrainingArguments shared by every training stage: the params section plus what we pin for
     reproducibility, checkpointing and CPU runs."""
     return {
         **dataclasses.asdict(section),
-        **precision_args(cfg),
+        **precision_args(params.model),
         "output_dir": str(checkpoints),
-        "seed": seed,
-        "data_seed": seed,
+        "seed": params.seed,
+        "data_seed": params.seed,
         "save_strategy": "steps",
         "save_total_limit": 2,
         "eval_strategy": "steps",
         "per_device_eval_batch_size": section.per_device_train_batch_size,
         "report_to": report_to,
-        "activation_checkpointing": False,  # TRL turns it on by default; it only costs time on small models
+        # TRL's configs default it on; set it from params for every model, k-bit or not (load_model leaves it off)
+        "activation_checkpointing": params.compute.activation_checkpointing,
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "non_padding",  # real tokens, summed over all processes
         "disable_tqdm": False,

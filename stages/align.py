@@ -9,7 +9,7 @@ policy samples on validation prompts.
 """
 import argparse
 
-from rlhf import align, config, launch, resuming
+from rlhf import align, config, launch, resuming, train
 from rlhf.io import provenance, run, write_json
 
 
@@ -27,6 +27,7 @@ def main():
     params = config.load()
     run_method = align.method_runner(params.method)
     align.check_processes(params)
+    align.check_checkpointing(params)
     if launch.relaunch(params.compute, "stages.align"):
         return
 
@@ -42,7 +43,7 @@ def main():
                 **{params.method: section})})
     if not launch.is_main_process():
         return
-    write_json(args.metrics, {"method": params.method, **metrics})
+    write_json(args.metrics, {"method": params.method, **train.model_settings(params), **metrics})
     print(f"align ({params.method}): {metrics}")
     resuming.discard_checkpoints(args.checkpoints)  # only a run that died resumes
 

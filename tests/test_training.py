@@ -37,23 +37,14 @@ def test_preset_fills_nulls_and_explicit_values_win():
     assert chosen["lora_r"] == 4 and chosen["per_device_train_batch_size"] == 3
 
 
-@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_kbit_on_cpu_fails_before_loading(monkeypatch, quantization):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(base, "weights_location", lambda *_: pytest.fail("loaded weights before checking hardware"))
-    with pytest.raises(UserError, match=rf"model.quantization = {quantization} needs a CUDA GPU.*model.quantization: none"):
-        train.load_model("unused", Model(quantization=quantization))
-
-
 def test_precision_checks(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserError, match="float16 needs a CUDA GPU"):
-        train.check_hardware(Model(dtype="float16"))
-    assert train.precision_args(Model()) == {"bf16": False, "fp16": False, "use_cpu": True}
+    """A GPU without bf16: bfloat16 is refused before loading, and auto means fp16 there (CPU cases:
+    tests/test_precision.py)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(base, "weights_location", lambda *_: pytest.fail("loaded weights before checking hardware"))
     with pytest.raises(UserError, match="does not support bf16. Set model.dtype: float16"):
-        train.check_hardware(Model(dtype="bfloat16"))
+        train.load_model("unused", Model(dtype="bfloat16"))
     assert train.torch_dtype(Model()) == torch.float16
 
 

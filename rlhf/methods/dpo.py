@@ -31,11 +31,12 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
                                    **resuming.align_sections(params, "dpo"))
-    config = train.common_args(section, params.model, params.seed, checkpoints, report_to)
+    config = train.common_args(section, params, checkpoints, report_to)
     config["loss_type"] = [section.loss_type] if isinstance(section.loss_type, str) else section.loss_type
     trainer = PretokenizedDPOTrainer(
         model=model, ref_model=None, args=DPOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
         processing_class=base.load_tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
         callbacks=callbacks)
+    train.trainable_in_float32(trainer.model)
     metrics = train.fit(trainer, out, len(train_rows), resume)
     return {**metrics, **chosen}, trainer.model

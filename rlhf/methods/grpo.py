@@ -71,9 +71,10 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     fields = {k: v for k, v in dataclasses.asdict(section).items() if k != "oracle_reward"}
     config = GRPOConfig(**fields, **train.precision_args(params.model), output_dir=str(checkpoints),
                         seed=params.seed, data_seed=params.seed, report_to=report_to, save_strategy="steps",
-                        save_total_limit=2, activation_checkpointing=False, top_k=0)
+                        save_total_limit=2, activation_checkpointing=params.compute.activation_checkpointing, top_k=0)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=prompts,
                           processing_class=tokenizer, peft_config=train.lora_config(lora, "CAUSAL_LM"),
                           callbacks=callbacks)
+    train.trainable_in_float32(trainer.model)
     metrics = train.fit(trainer, out, len(prompts), resume)
     return {**metrics, **chosen}, trainer.model

@@ -33,7 +33,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
                                    **resuming.align_sections(params, "orpo"))
-    config = train.common_args(section, params.model, params.seed, checkpoints, report_to)
+    config = train.common_args(section, params, checkpoints, report_to)
     del config["init"]  # ours, not an ORPOConfig field
     trainer = PretokenizedORPOTrainer(
         model=model, args=ORPOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
