@@ -101,11 +101,13 @@ def model_card(f: dict) -> str:
     front = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["rlhf", f["method"]]}
     gate = ("passed" if not f["gate_ignored"] else
             f"FAILED and exported anyway (export.ignore_gate): {f['eval'].get('gate_failed')}")
-    rows = [("base model", json.dumps(f["base_model"])), ("data source", json.dumps(f["data"])),
+    rows = [("base model", json.dumps(f["base_model"])),
+            ("base model hash (DVC, models/base)", f["dvc_hashes"].get("models/base", "not run through DVC")),
+            ("data source", json.dumps(f["data"])),
             ("data hash (DVC, data/fetched)", f["dvc_hashes"].get("data/fetched", "not run through DVC")),
             ("method", f["method"]), ("export dtype", f["model"]["export_dtype"]),
             ("quantization in training", f["model"]["quantization_in_training"]), ("seed", f["seed"]),
-            ("eval.gate", gate), ("git commit", f["git_commit"])]
+            ("eval.gate", gate), ("git commit (the code is in dvc.lock's hashes)", f["git_commit"])]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# Aligned policy ({f['method']})\n\n"
             "Written by the `export` stage from recorded facts; every value below is machine-generated.\n\n"

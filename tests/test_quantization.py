@@ -111,7 +111,7 @@ def test_kbit_pipeline_sft_reward_dpo_evaluate(wide_data, tmp_path, quantization
         assert metrics["modules_to_save"] == (None if name == "reward" else ["lm_head"]), name
         assert metrics["activation_checkpointing"] is False
     evaluation = json.loads((root / "metrics/eval.json").read_text())
-    assert all(torch.isfinite(torch.tensor(v)) for v in evaluation.values())
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in evaluation.items() if not k.startswith("gate_"))
 
     # -- the layers really are k-bit, in every model a later stage loads
     base_dir, sft_dir, policy_dir = wide_data / "models/base", root / "models/sft", root / "models/policy"
@@ -152,6 +152,20 @@ def test_kbit_pipeline_sft_reward_dpo_evaluate(wide_data, tmp_path, quantization
           f"SFT's own change {sft_shift:.4g}")
     assert merge_error <= 2 * quantization_error
     assert merge_error < sft_shift  # the merge kept the SFT delta: the reference is not the bare base model
+
+    # -- export merges both adapters into an unquantized copy of the base: plain transformers loads it, no bnb
+    from transformers import AutoModelForCausalLM
+
+    run_stage(root, "export", "--base", str(base_dir), "--sft", "models/sft", "--policy", "models/policy",
+              "--eval", "metrics/eval.json", "--out", "models/export")
+    assert "quantization_config" not in json.loads((root / "models/export/config.json").read_text())
+    exported = AutoModelForCausalLM.from_pretrained(root / "models/export").eval()
+    layers = [m for n, m in exported.named_modules() if n.endswith(("q_proj", "down_proj"))]
+    assert len(layers) == 4 and all(type(m) is torch.nn.Linear for m in layers)
+    # it is the trained policy up to the base's quantization error (and the merge's rounding, which it avoids)
+    export_error = (logits(exported, ids) - logits(trained, ids)).abs().max().item()
+    print(f"{quantization}: export (fp32 base + both adapters) against the k-bit policy: {export_error:.4g}")
+    assert export_error <= 2 * quantization_error
 
 
 # -- slow tier: compute.activation_checkpointing inside real trainer runs -------------------------------------------
