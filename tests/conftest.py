@@ -57,17 +57,21 @@ def run_stage(workdir: Path, name: str, *args: str) -> None:
             sys.argv = argv
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    """A work folder after the data stages on tiny settings: data/tokenized and models/base exist."""
-    root = tmp_path_factory.mktemp("tiny")
-    write_params(root / "params.yaml", TINY)
+def data_stages(root: Path, overrides: dict) -> Path:
+    """fetch, prepare, base and tokenize in `root` on the repo's params with `overrides`."""
+    write_params(root / "params.yaml", overrides)
     run_stage(root, "fetch", "--out", "data/fetched")
     run_stage(root, "prepare", "--fetched", "data/fetched", "--out", "data/prepared", "--metrics", "metrics/data.json")
     run_stage(root, "base", "--prepared", "data/prepared", "--out", "models/base")
     run_stage(root, "tokenize", "--prepared", "data/prepared", "--base", "models/base", "--out", "data/tokenized",
               "--metrics", "metrics/tokenize.json")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A work folder after the data stages on tiny settings: data/tokenized and models/base exist."""
+    return data_stages(tmp_path_factory.mktemp("tiny"), TINY)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, run_stage, write_params
+from conftest import TINY, data_stages, run_stage, write_params
 from rlhf import align, config, policy, reward, sft, train
 from rlhf.config import Model
 from rlhf.io import UserError
@@ -46,14 +46,7 @@ def run_pipeline(data, root, overrides: dict):
 @pytest.fixture(scope="session")
 def wide_data(tmp_path_factory):
     """fetch, prepare, base and tokenize on WIDE settings."""
-    root = tmp_path_factory.mktemp("wide")
-    write_params(root / "params.yaml", WIDE)
-    run_stage(root, "fetch", "--out", "data/fetched")
-    run_stage(root, "prepare", "--fetched", "data/fetched", "--out", "data/prepared", "--metrics", "metrics/data.json")
-    run_stage(root, "base", "--prepared", "data/prepared", "--out", "models/base")
-    run_stage(root, "tokenize", "--prepared", "data/prepared", "--base", "models/base", "--out", "data/tokenized",
-              "--metrics", "metrics/tokenize.json")
-    return root
+    return data_stages(tmp_path_factory.mktemp("wide"), WIDE)
 
 
 def validation_batch(data, rows: int = 4) -> torch.Tensor:
