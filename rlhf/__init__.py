@@ -5,6 +5,6 @@ import os
 # No machine this runs on is assumed to reach the network: never phone home.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-# bitsandbytes' CPU backend warns on import that an optional kernel package is missing; k-bit layers run on CUDA
-# only here (rlhf.train refuses them on CPU), so the warning says nothing a user can act on.
+# bitsandbytes' CPU backend warns on import that an optional kernel package (`kernels`) is missing. k-bit layers run
+# on a CPU without it (measured, see README: QLoRA), and it is not installable offline, so the warning is noise.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -343,7 +343,7 @@ def test_dvc_repro_with_a_local_qwen2_model(tmp_path):
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     assert ran(sh(root, "dvc", "repro")) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "align",
-                                             "evaluate"]
+                                             "evaluate", "export"]
     weights = json.loads((root / "models/base/base.json").read_text())["weights"]
     assert weights["kind"] == "local" and weights["path"] == str(folder.resolve())
     from datasets import load_from_disk
@@ -355,3 +355,7 @@ def test_dvc_repro_with_a_local_qwen2_model(tmp_path):
     assert tok.decode(row["chosen_ids"]).endswith("<|im_end|>\n")
     metrics = json.loads((root / "metrics/eval.json").read_text())
     assert 0 < metrics["length_policy"] <= 8 and "kl_policy_sft" in metrics
+    # the exported model stops at Qwen's end of turn, and its card names the local base folder and its fingerprint
+    stops = json.loads((root / "models/export/generation_config.json").read_text())["eos_token_id"]
+    assert tok.convert_tokens_to_ids("<|im_end|>") in (stops if isinstance(stops, list) else [stops])
+    assert weights["fingerprint"] in (root / "models/export/README.md").read_text()
