@@ -198,3 +198,14 @@ def test_dep_exclusions_hold_no_code():
 def test_readme_images_exist():
     for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (REPO / "README.md").read_text()):
         assert (REPO / path).is_file(), f"README.md shows {path}, which is not in the repo"
+
+
+def test_the_committed_default_run_passes_the_gate_and_was_exported():
+    """The embedded default's policy meets eval.gate (metrics/eval.json comes from `make repro` at this code, as the
+    lock test above guarantees), so `make repro` ends with models/export."""
+    import json
+
+    metrics = json.loads((REPO / "metrics" / "eval.json").read_text())
+    assert metrics["gate_passed"] is True and metrics["gate_failed"] == ""
+    export = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]["export"]
+    assert [o["path"] for o in export["outs"]] == ["models/export"]
