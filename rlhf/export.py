@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlhf import align, base, train
+from rlhf import align, base, generation, train
 from rlhf.io import UserError, read_json
 
 CARD_FILE = "README.md"
@@ -132,9 +132,8 @@ def run(params, base_dir, sft_dir, policy_dir, eval_metrics_path, out: Path) -> 
     recorded = facts(params, base_dir, eval_metrics, dtype)
     tokenizer = base.load_tokenizer(base_dir)
     model = merged_policy(params, base_dir, sft_dir, policy_dir).to(dtype)
-    turn_end, _ = base.end_of_turn(tokenizer)  # what ends an answer, which need not be the tokenizer's EOS (Gemma)
-    eos = tokenizer.eos_token_id
-    model.generation_config.eos_token_id = turn_end if eos in (None, turn_end) else [turn_end, eos]
+    stops = generation.stop_ids(tokenizer)  # the template's end of turn, which need not be the tokenizer's EOS (Gemma)
+    model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -40,6 +40,7 @@ def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, te
     """
     device = next(model.parameters()).device
     stops = stop_ids(tokenizer)
+    config = sampling_config(tokenizer, max_new_tokens, temperature, top_p, stops)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     completions = []
@@ -51,7 +52,6 @@ def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, te
         for i, p in enumerate(batch):
             ids[i, longest - len(p):] = torch.tensor(p)
             mask[i, longest - len(p):] = 1
-        config = sampling_config(tokenizer, max_new_tokens, temperature, top_p, stops)
         with only_our_sampling(model, config):
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
         for row in out[:, longest:].tolist():

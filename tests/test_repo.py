@@ -13,23 +13,33 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text().replace("${method}", PARAMS["method"]))["stages"]
 
 
+def _paths(stage: dict, keys=("outs",)) -> set[str]:
+    """The paths a stage declares under `keys` (each entry a path, or a one-key mapping of a path to its options)."""
+    return {next(iter(o)) if isinstance(o, dict) else o for key in keys for o in stage.get(key, [])}
+
+
+def _param(key: str, where: str):
+    """The value of dotted `key` in params.yaml."""
+    node = PARAMS
+    for part in key.split("."):
+        assert part in node, f"{where}: param {key} not in params.yaml"
+        node = node[part]
+    return node
+
+
 def test_every_stage_has_its_script_deps_and_params():
     for name, stage in DVC.items():
         script = REPO / "stages" / f"{name}.py"
         assert script.is_file(), f"stage {name}: no {script}"
         assert f"python -m stages.{name} " in stage["cmd"] + " ", f"stage {name}: cmd must run stages.{name}"
         assert f"stages/{name}.py" in stage["deps"], f"stage {name}: its script is not a dep"
-        outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])}
+        outs = _paths(stage)
         for dep in stage["deps"]:
-            produced = any(dep in {next(iter(o)) if isinstance(o, dict) else o for o in s.get("outs", [])}
-                           for s in DVC.values())
+            produced = any(dep in _paths(s) for s in DVC.values())
             assert (REPO / dep).exists() or produced, f"stage {name}: dep {dep} neither exists nor is produced"
             assert dep not in outs
         for key in stage.get("params", []):
-            node = PARAMS
-            for part in key.split("."):
-                assert part in node, f"stage {name}: param {key} not in params.yaml"
-                node = node[part]
+            _param(key, f"stage {name}")
         declared = stage["deps"] + sorted(outs) + [str(stage.get("metrics")), str(stage.get("plots"))]
         for flag, path in re.findall(r"--(\w+) (\S+)", stage["cmd"]):
             if flag == "checkpoints":  # scratch space for resuming, deliberately outside DVC's outputs
@@ -78,17 +88,12 @@ def test_dvc_analytics_off():
 
 # -- dvc.lock belongs to the code beside it ---------------------------------------------------------------------------
 
-def _stage_outs(stages: dict) -> set[str]:
-    return {next(iter(o)) if isinstance(o, dict) else o
-            for s in stages.values() for key in ("outs", "metrics", "plots") for o in s.get(key, [])}
-
-
 def test_lock_matches_the_code_params_and_stage_definitions():
     """Fails whenever `dvc repro` would rerun a stage because of code, params or dvc.yaml: the committed lock (and so
     the committed metrics and README figures) must come from a `make repro` at this code. Data and model outputs are
     not checked here (a fresh clone has them only after `dvc pull`)."""
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
-    produced = _stage_outs(DVC)
+    produced = set().union(*(_paths(s, ("outs", "metrics", "plots")) for s in DVC.values()))
     assert set(lock) == set(DVC), "dvc.lock and dvc.yaml list different stages: run `make repro`"
     stale = []
     for name, stage in DVC.items():
@@ -105,10 +110,7 @@ def test_lock_matches_the_code_params_and_stage_definitions():
                 stale.append(f"{name}: {dep['path']} changed")
         recorded = locked.get("params", {}).get("params.yaml", {})
         for key in stage.get("params", []):
-            node = PARAMS
-            for part in key.split("."):
-                node = node[part]
-            if recorded.get(key) != node:
+            if recorded.get(key) != _param(key, f"stage {name}"):
                 stale.append(f"{name}: param {key}")
     assert not stale, f"dvc.lock is stale ({'; '.join(stale)}): run `make repro` and commit dvc.lock with metrics/"
 
