@@ -111,6 +111,13 @@ class Tokenize:
 
 
 @dataclass
+class Processing:
+    # Not a stage param: every setting gives the same outputs (tested), so changing it reruns nothing.
+    num_proc: int | Literal["auto"] = field(default="auto", metadata=_range(1))
+    batch_size: int = field(default=1000, metadata=_range(1))
+
+
+@dataclass
 class Lora:
     # peft.LoraConfig field names, passed straight through; null takes the value from compute.preset.
     r: int | None = field(default=None, metadata=_range(1))
@@ -290,6 +297,7 @@ class Params:
     prepare: Prepare = field(default_factory=Prepare)
     model: Model = field(default_factory=Model)
     tokenize: Tokenize = field(default_factory=Tokenize)
+    processing: Processing = field(default_factory=Processing)
     lora: Lora = field(default_factory=Lora)
     compute: Compute = field(default_factory=Compute)
     sft: SFT = field(default_factory=SFT)
@@ -352,7 +360,7 @@ def _build(cls, raw: Any, prefix: str, path: Path):
             continue
         key = prefix + name
         values[name] = _convert(hints[name], raw[name], key, path)
-        if "range" in f.metadata and values[name] is not None:
+        if "range" in f.metadata and isinstance(values[name], (int, float)):  # not None or "auto"
             _check_range(values[name], f.metadata["range"], key, path)
     return cls(**values)
 
@@ -418,6 +426,8 @@ def _check_range(value, bounds, key: str, path: Path):
 
 def _type_name(hint) -> str:
     names = {str: "a string", bool: "true or false", int: "an integer", float: "a number", type(None): "null"}
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 

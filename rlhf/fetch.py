@@ -6,15 +6,16 @@ Canonical row (TRL's conversational preference format plus a stable id):
 Every row that does not make it is counted with its reason in the returned stats; nothing is dropped silently.
 """
 import csv
+import functools
 import gzip
 import hashlib
-import io
 import json
 import random
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
-from rlhf import formats, synthetic
+from rlhf import formats, stream, synthetic
 from rlhf.config import Data
 from rlhf.io import UserError
 
@@ -26,23 +27,66 @@ class DataError(UserError, ValueError):
     """Bad input data: the message names the file, row and field, and says what to do."""
 
 
-def fetch(cfg: Data, seed: int) -> tuple[list[dict], dict]:
-    """Canonical rows and stats (counts by reason, provenance) for the source configured in `cfg`."""
-    rows, origin, provenance = load_raw(cfg, seed)
-    stats = {"source": cfg.source, **provenance, "rows_read": len(rows)}
-    rows = sample(rows, cfg.sample_ratio, cfg.max_rows, seed)
-    stats["sampled_out"] = stats["rows_read"] - len(rows)
-    canonical, counts, examples = normalize(rows, cfg, origin)
+def fetch(cfg: Data, seed: int, num_proc: int = 1, batch_size: int = 1000) -> tuple[Iterator[str], dict]:
+    """Canonical rows as JSON lines, and stats (counts by reason, provenance) for the source configured in `cfg`.
+
+    The lines come from a generator that streams the source in batches of `batch_size` rows through `num_proc`
+    worker processes; the stats are complete once it has been read to the end. Same rows and stats for any
+    `num_proc` and `batch_size`."""
+    items, origin, provenance = load_raw(cfg, seed)
+    stats = {"source": cfg.source, **provenance}
+    return _lines(items, origin, cfg, seed, num_proc, batch_size, stats), stats
+
+
+def _lines(items, origin: str, cfg: Data, seed: int, num_proc: int, batch_size: int, stats: dict):
+    """The rows that make it, as JSON lines with their ids; fills `stats` at the end (see `fetch`)."""
+    from tqdm import tqdm
+
+    total = sum(1 for _ in items()) if cfg.sample_ratio < 1 or cfg.max_rows else None
+    fmt = detect_first(sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed), cfg, origin)
+    selected, taken = sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed), [0]
+
+    def counted(rows):
+        for row in rows:
+            taken[0] += 1
+            yield row
+
+    work = functools.partial(normalize_batch, columns=cfg.columns, fmt=fmt)
+    counts, examples, seen_ids, fetched = Counter(), [], Counter(), 0
+    with tqdm(desc="fetch", unit="row", total=total, mininterval=2) as bar:
+        for results in stream.parallel_map(work, stream.batched(counted(selected), batch_size), num_proc):
+            bar.update(len(results))
+            for kind, number, *rest in results:
+                if kind == "tie":
+                    counts["dropped_tie"] += 1
+                    continue
+                if kind == "bad":
+                    field_name, reason = rest
+                    message = f"{origin}, row {number}, field '{field_name}': {reason}"
+                    if cfg.on_bad_rows == "error":
+                        raise DataError(f"{message}. Fix or remove the row, or set data.on_bad_rows: skip in "
+                                        "params.yaml to drop such rows (they are counted in metrics/data.json).")
+                    counts[f"skipped_bad_row_{field_name}"] += 1
+                    if len(examples) < MAX_EXAMPLES:
+                        examples.append(message)
+                    continue
+                base_id, tail = rest
+                seen_ids[base_id] += 1
+                row_id = base_id if seen_ids[base_id] == 1 else f"{base_id}#{seen_ids[base_id]}"
+                fetched += 1
+                yield '{"id": ' + json.dumps(row_id, ensure_ascii=False) + ", " + tail
+    stats["rows_read"] = taken[0] if total is None else total
+    stats["sampled_out"] = stats["rows_read"] - taken[0]
     stats["skipped_bad_rows"] = sum(v for k, v in counts.items() if k.startswith("skipped_bad_row_"))
     stats["dropped_tie"] = counts.pop("dropped_tie", 0)
-    stats.update(counts)
-    stats["rows_fetched"] = len(canonical)
+    stats.update(sorted(counts.items()))
+    stats["rows_fetched"] = fetched
     stats["bad_row_examples"] = examples
-    return canonical, stats
 
 
-def load_raw(cfg: Data, seed: int) -> tuple[list[tuple[int, dict | Exception]], str, dict]:
-    """(row number, raw row or parse error) pairs, a name for error messages, and provenance of the source."""
+def load_raw(cfg: Data, seed: int):
+    """A function giving a fresh iterator of (row number, raw row) pairs each time it is called (a raw row is a dict,
+    a line of JSON to parse, or a parse error), a name for error messages, and provenance of the source."""
     source = cfg.source
     if source.startswith("builtin:"):
         task = source.removeprefix("builtin:")
@@ -51,10 +95,10 @@ def load_raw(cfg: Data, seed: int) -> tuple[list[tuple[int, dict | Exception]], 
                             f"{', '.join('builtin:' + t for t in synthetic.TASKS)}.")
         generate, _ = synthetic.TASKS[task]
         rows = generate(cfg.builtin.num_pairs, seed, cfg.builtin.label_noise)
-        return list(enumerate(rows, 1)), source, {"kind": "builtin"}
+        return lambda: enumerate(rows, 1), source, {"kind": "builtin"}
     path = Path(source).expanduser()
     if path.is_file():
-        return read_file(path), str(path), {"kind": "file", "sha256": sha256(path)}
+        return lambda: read_file(path), str(path), {"kind": "file", "sha256": sha256(path)}
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in SUFFIXES)
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
@@ -69,33 +113,39 @@ def load_raw(cfg: Data, seed: int) -> tuple[list[tuple[int, dict | Exception]], 
     return _from_datasets(cfg)
 
 
-def read_file(path: Path) -> list[tuple[int, dict | Exception]]:
-    """Rows of a jsonl/json/csv/parquet file (gzip allowed): (1-based row or line number, row or parse error)."""
+def read_file(path: Path):
+    """(1-based row or line number, raw row) of a jsonl/json/csv/parquet file (gzip allowed), streamed where the file
+    type allows it (jsonl, csv, parquet); a whole-file .json array is read at once."""
     suffix = _suffix(path)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return list(enumerate(pq.read_table(path).to_pylist(), 1))
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown file type; supported: {', '.join(SUFFIXES)} (optionally .gz).")
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            text = f.read()
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = (row for batch in pq.ParquetFile(path).iter_batches(batch_size=1000) for row in batch.to_pylist())
+            yield from enumerate(rows, 1)
+            return
+        opener = gzip.open if path.suffix == ".gz" else open
+        if suffix == ".csv":
+            with opener(path, "rt", encoding="utf-8") as f:
+                yield from enumerate(csv.DictReader(f), 1)
+            return
+        if suffix == ".json":
+            with opener(path, "rt", encoding="utf-8") as f:
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError:
+                    data = None  # maybe JSON lines under a .json name
+            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+                data = next(iter(data.values()))  # {"data": [...]}
+            if isinstance(data, list):
+                yield from enumerate(data, 1)
+                return
+        yield from stream.lines(path)  # JSON lines, parsed by the workers
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot be read ({err}). Check that it is a UTF-8 text file, gzipped if it ends "
                         "in .gz.") from None
-    if suffix == ".csv":
-        return list(enumerate(csv.DictReader(io.StringIO(text)), 1))
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None  # maybe JSON lines under a .json name
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            data = next(iter(data.values()))  # {"data": [...]}
-        if isinstance(data, list):
-            return list(enumerate(data, 1))
-    return [(n, _parse_line(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _parse_line(line: str) -> dict | Exception:
@@ -125,46 +175,62 @@ def _from_datasets(cfg: Data, load_from_disk: bool = False):
         if cfg.split not in ds:
             raise DataError(f"data.source = {cfg.source!r} has splits {list(ds)}, not data.split = {cfg.split!r}.")
         ds = ds[cfg.split]
+
+    def items():
+        rows = (dict(zip(batch, values)) for batch in ds.iter(batch_size=1000) for values in zip(*batch.values()))
+        return enumerate(rows, 1)
+
     provenance = {"kind": "datasets", "fingerprint": ds._fingerprint, "revision": cfg.revision}
-    return list(enumerate(ds, 1)), f"{cfg.source} [{cfg.split}]", provenance
+    return items, f"{cfg.source} [{cfg.split}]", provenance
 
 
-def sample(rows: list, ratio: float, max_rows: int | None, seed: int) -> list:
-    """A seeded random `ratio` of the rows in their original order, then at most `max_rows` of them."""
-    if ratio < 1.0:
-        keep = sorted(random.Random(seed).sample(range(len(rows)), round(len(rows) * ratio)))
-        rows = [rows[i] for i in keep]
-    return rows[:max_rows] if max_rows else rows
+def sample(items, total: int | None, ratio: float, max_rows: int | None, seed: int):
+    """A seeded random `ratio` of the `total` items in their original order, then at most `max_rows` of them."""
+    keep = set(random.Random(seed).sample(range(total), round(total * ratio))) if ratio < 1.0 else None
+    taken = 0
+    for i, item in enumerate(items):
+        if max_rows and taken >= max_rows:
+            return
+        if keep is None or i in keep:
+            taken += 1
+            yield item
 
 
-def normalize(rows: list, cfg: Data, origin: str) -> tuple[list[dict], dict, list[str]]:
-    """Canonical rows, counts of dropped rows by reason, and the first few bad-row messages."""
-    out, counts, examples, seen_ids = [], Counter(), [], Counter()
-    fmt = None
-    for number, raw in rows:
+def detect_first(items, cfg: Data, origin: str) -> str | None:
+    """The format of the first row that parses and has the mapped columns (None if no row does). A bad row before it
+    stops the stage here when data.on_bad_rows is error, as it would in the main pass."""
+    for number, raw in items:
+        row = _parse_line(raw) if isinstance(raw, str) else raw
+        row = row if isinstance(row, Exception) else rename(row, cfg.columns)
+        if not isinstance(row, Exception):
+            return detect(row, origin, number)
+        if cfg.on_bad_rows == "error":
+            raise DataError(f"{origin}, row {number}, field '{row.field}': {row}. Fix or remove the row, or set "
+                            "data.on_bad_rows: skip in params.yaml to drop such rows (they are counted in "
+                            "metrics/data.json).")
+    return None
+
+
+def normalize_batch(items: list, columns: dict[str, str], fmt: str | None) -> list[tuple]:
+    """One result per (number, raw row): ("row", number, base id, the canonical row as JSON after its leading brace),
+    ("tie", number) for a pairwise tie, or ("bad", number, field, reason). Runs in the worker processes."""
+    out = []
+    for number, raw in items:
         try:
-            row = raw if isinstance(raw, Exception) else rename(raw, cfg.columns)
+            row = _parse_line(raw) if isinstance(raw, str) else raw
+            row = row if isinstance(row, Exception) else rename(row, columns)
             if isinstance(row, Exception):
                 raise row
-            fmt = fmt or detect(row, origin, number)
             canonical = formats.normalize_row(row, fmt)
         except formats.RowError as err:
-            message = f"{origin}, row {number}, field '{err.field}': {err}"
-            if cfg.on_bad_rows == "error":
-                raise DataError(f"{message}. Fix or remove the row, or set data.on_bad_rows: skip in params.yaml to "
-                                "drop such rows (they are counted in metrics/data.json).") from None
-            counts[f"skipped_bad_row_{err.field}"] += 1
-            if len(examples) < MAX_EXAMPLES:
-                examples.append(message)
+            out.append(("bad", number, err.field, str(err)))
             continue
         if canonical is None:
-            counts["dropped_tie"] += 1
+            out.append(("tie", number))
             continue
-        base_id = str(row.get("id", f"row-{number}"))
-        seen_ids[base_id] += 1
-        row_id = base_id if seen_ids[base_id] == 1 else f"{base_id}#{seen_ids[base_id]}"
-        out.append({"id": row_id, **canonical})
-    return out, dict(sorted(counts.items())), examples
+        tail = json.dumps(canonical, ensure_ascii=False)[1:]  # the row's JSON line is {"id": ..., <tail>
+        out.append(("row", number, str(row.get("id", f"row-{number}")), tail))
+    return out
 
 
 def rename(row: dict, columns: dict[str, str]) -> dict | formats.RowError:

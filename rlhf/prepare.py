@@ -1,13 +1,18 @@
-"""prepare: filter the canonical rows, then split them into train and validation.
+"""prepare: filter the canonical rows, then split them into train and validation, streaming (see `prepare`).
 
 Train stays in a seeded random order: sorting it would break the i.i.d. batches SGD assumes. Validation is sorted
 longest first, so each eval batch pads little and an out-of-memory error shows up at the first eval batch, not hours
 into a run.
 """
+import functools
+import hashlib
 import json
 import random
+from array import array
 from collections import Counter
+from pathlib import Path
 
+from rlhf import stream
 from rlhf.config import Prepare
 from rlhf.io import UserError
 
@@ -36,19 +41,29 @@ def drop_reason(row: dict, cfg: Prepare) -> str | None:
     return None
 
 
-def filter_rows(rows: list[dict], cfg: Prepare) -> tuple[list[dict], dict]:
-    """Rows that pass every filter, and the number dropped for each reason (keys `dropped_<reason>`, all present)."""
-    kept, dropped, seen = [], Counter({f"dropped_{r}": 0 for r in REASONS}), set()
-    for row in rows:
-        reason = drop_reason(row, cfg)
+def checks(lines: list[bytes], cfg: Prepare) -> list[tuple[str | None, bytes]]:
+    """(drop reason or None, a 16-byte digest of the row's content) for each JSON line of canonical rows. Runs in the
+    worker processes; the digest stands for the row in the duplicate check (a 128-bit collision is not a concern)."""
+    out = []
+    for line in lines:
+        row = json.loads(line)
         key = json.dumps([row["prompt"], row["chosen"], row["rejected"]], ensure_ascii=False)
-        if reason is None and cfg.drop_duplicates and key in seen:
+        out.append((drop_reason(row, cfg), hashlib.blake2b(key.encode(), digest_size=16).digest()))
+    return out
+
+
+def filter_rows(checked, drop_duplicates: bool) -> tuple[array, dict]:
+    """Positions of the rows that pass every filter (of a duplicate, the first one), and the number dropped for each
+    reason (keys `dropped_<reason>`, all present). `checked`: (reason, digest) per row, in order, from `checks`."""
+    kept, dropped, seen = array("q"), Counter({f"dropped_{r}": 0 for r in REASONS}), set()
+    for i, (reason, key) in enumerate(checked):
+        if reason is None and drop_duplicates and key in seen:
             reason = "duplicate"
         if reason:
             dropped[f"dropped_{reason}"] += 1
             continue
         seen.add(key)
-        kept.append(row)
+        kept.append(i)
     return kept, dict(dropped)
 
 
@@ -57,19 +72,43 @@ def length(row: dict) -> int:
     return len(text_of(row["prompt"])) + max(len(text_of(row["chosen"])), len(text_of(row["rejected"])))
 
 
-def split(rows: list[dict], validation_size: float | int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train in a seeded random order, validation sorted longest first with ties in id order)."""
-    n_val = validation_size if isinstance(validation_size, int) else round(len(rows) * validation_size)
-    if not 0 < n_val < len(rows):
+def split(n: int, validation_size: float | int, seed: int) -> tuple[list[int], list[int]]:
+    """Positions (0 to n - 1) of the train rows in a seeded random order, and of the validation rows (sort them with
+    `longest_first`)."""
+    n_val = validation_size if isinstance(validation_size, int) else round(n * validation_size)
+    if not 0 < n_val < n:
         raise UserError(
-            f"prepare.validation_size = {validation_size} gives {n_val} validation rows out of {len(rows)} after "
+            f"prepare.validation_size = {validation_size} gives {n_val} validation rows out of {n} after "
             "filtering; both splits need at least one row. Lower it, or give more data."
         )
-    order = list(range(len(rows)))
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    validation = sorted((rows[i] for i in order[:n_val]), key=lambda r: (-length(r), r["id"]))
-    train = [rows[i] for i in order[n_val:]]
-    return train, validation
+    return order[n_val:], order[:n_val]
+
+
+def longest_first(row: dict) -> tuple:
+    """Sort key of the validation split: longest first, ties in id order."""
+    return -length(row), row["id"]
+
+
+def prepare(rows_file: Path, out: Path, cfg: Prepare, seed: int, num_proc: int = 1,
+            batch_size: int = 1000) -> tuple[int, dict, int, int]:
+    """Filter the JSON lines of `rows_file` and write out/train.jsonl and out/validation.jsonl; returns the rows read,
+    the drop counts and the two split sizes. The rows are checked in batches by `num_proc` workers, then copied to
+    their split by their offsets in `rows_file`: memory holds a few numbers per row, never the rows."""
+    from tqdm import tqdm
+
+    index = stream.LineIndex(rows_file)
+    work = functools.partial(checks, cfg=cfg)
+    checked = (result for results in stream.parallel_map(work, stream.batched(index.scan(), batch_size), num_proc)
+               for result in results)
+    kept, dropped = filter_rows(tqdm(checked, desc="prepare", unit="row", mininterval=2), cfg.drop_duplicates)
+    train, validation = split(len(kept), cfg.validation_size, seed)
+    keys = [longest_first(json.loads(line)) for line in index.read(kept[i] for i in validation)]
+    validation = [i for _, i in sorted(zip(keys, validation))]  # ids are unique: no two keys are equal
+    index.write((kept[i] for i in train), out / "train.jsonl")
+    index.write((kept[i] for i in validation), out / "validation.jsonl")
+    return len(index.offsets), dropped, len(train), len(validation)
 
 
 def account(fetch_stats: dict, fetched: int, dropped: dict, train: int, validation: int) -> dict:

@@ -13,13 +13,18 @@ Prompts are truncated from the left (the end of a conversation matters most), co
 `manifest.json` records each split's row count and a hash of its ids, so a training stage can assert that it trains on
 exactly these rows (recent TRL versions drop rows whose prompt fills `max_length` without saying so).
 """
+import functools
 import hashlib
+import json
 from collections import Counter
+from pathlib import Path
 
+from rlhf import stream
 from rlhf.config import Tokenize
 from rlhf.io import UserError
 
 MANIFEST = "manifest.json"
+ARROW_FILE = "data-00000-of-00001.arrow"  # the file name save_to_disk gives a one-file split
 COUNTS = ("truncated_prompt", "truncated_chosen", "truncated_rejected", "dropped_overlong_prompt",
           "dropped_overlong_chosen", "dropped_overlong_rejected", "dropped_empty_completion")
 
@@ -68,29 +73,80 @@ def render(tokenizer, messages: list[dict], row_id: str, **kwargs) -> str:
 
 
 def encode(row: dict, tokenizer, system_message: str) -> dict:
-    """Token ids of one canonical row, split into prompt and completions as TRL's DPOTrainer does.
+    """Token ids of one canonical row, split into prompt and completions as TRL's DPOTrainer does (see
+    `encode_rows`)."""
+    return encode_rows([row], tokenizer, system_message)[0]
+
+
+def encode_rows(rows: list[dict], tokenizer, system_message: str) -> list[dict]:
+    """Token ids of canonical rows, each split into prompt and completions as TRL's DPOTrainer does.
 
     The prompt is rendered with the generation prompt, as the model sees it when it answers; prompt + answer must
     start with exactly that text, or the model would be trained on a context it never sees (a UserError). The texts
-    are tokenized without the tokenizer's own special tokens: the template writes BOS where the family wants one."""
-    prompt = system_messages(row["prompt"], system_message)
-    texts = {"prompt": render(tokenizer, prompt, row["id"], add_generation_prompt=True)}
-    for key in ("chosen", "rejected"):
-        texts[key] = render(tokenizer, prompt + row[key], row["id"])
-        if not texts[key].startswith(texts["prompt"]):
-            at = common_prefix_length(texts["prompt"], texts[key])
-            raise UserError(
-                f"tokenize: row {row['id']!r}: the chat template renders the prompt differently once an answer "
-                f"follows it (the prompt alone reads {texts['prompt'][at:at + 60]!r} where prompt + answer reads "
-                f"{texts[key][at:at + 60]!r}), so the model would be trained on a context it never sees when it "
-                "answers. Some templates put the system message only in the last user turn or drop earlier "
-                "reasoning: try tokenize.system_message: fold_into_user, or give the model a template whose prompt "
-                "is a prefix of prompt + answer.")
-    ids = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in texts.items()}
-    # Tokens may merge across the prompt/answer boundary: the completion starts where the token sequences diverge.
-    n = min(common_prefix_length(ids["prompt"], ids["chosen"]), common_prefix_length(ids["prompt"], ids["rejected"]))
-    return {"id": row["id"], "prompt_ids": ids["prompt"][:n], "chosen_ids": ids["chosen"][n:],
-            "rejected_ids": ids["rejected"][n:]}
+    are tokenized without the tokenizer's own special tokens (the template writes BOS where the family wants one), in
+    batched calls. The three texts of a row share the prompt's text up to its last special token (see `cut_point`):
+    that part is tokenized once, not three times, which is most of the work on multi-turn data."""
+    cuts = cut_tokens(tokenizer)
+    heads, tails = [], []
+    for row in rows:
+        prompt = system_messages(row["prompt"], system_message)
+        prompt_text = render(tokenizer, prompt, row["id"], add_generation_prompt=True)
+        texts = [prompt_text]
+        for key in ("chosen", "rejected"):
+            text = render(tokenizer, prompt + row[key], row["id"])
+            if not text.startswith(prompt_text):
+                at = common_prefix_length(prompt_text, text)
+                raise UserError(
+                    f"tokenize: row {row['id']!r}: the chat template renders the prompt differently once an answer "
+                    f"follows it (the prompt alone reads {prompt_text[at:at + 60]!r} where prompt + answer reads "
+                    f"{text[at:at + 60]!r}), so the model would be trained on a context it never sees when it "
+                    "answers. Some templates put the system message only in the last user turn or drop earlier "
+                    "reasoning: try tokenize.system_message: fold_into_user, or give the model a template whose "
+                    "prompt is a prefix of prompt + answer.")
+            texts.append(text)
+        cut = cut_point(prompt_text, cuts)
+        heads.append(prompt_text[:cut])
+        tails += [text[cut:] for text in texts]
+    head_ids = tokenizer(heads, add_special_tokens=False)["input_ids"]
+    tail_ids = tokenizer(tails, add_special_tokens=False)["input_ids"]
+    out = []
+    for i, row in enumerate(rows):
+        prompt, chosen, rejected = (head_ids[i] + tail for tail in tail_ids[3 * i: 3 * i + 3])
+        # Tokens may merge across the prompt/answer boundary: the completion starts where the sequences diverge.
+        n = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
+        out.append({"id": row["id"], "prompt_ids": prompt[:n], "chosen_ids": chosen[n:], "rejected_ids": rejected[n:]})
+    return out
+
+
+def cut_tokens(tokenizer) -> tuple[list[str], list] | None:
+    """(special tokens a text may be cut before, all added tokens) of a fast tokenizer; None for a slow one.
+
+    A fast (HF tokenizers) tokenizer first splits a text at its added tokens and then normalizes, pre-tokenizes and
+    encodes each piece on its own, so the ids of text[:k] followed by those of text[k:] are the ids of the text when
+    an added token starts at k and nothing can pull text across k: no added-token match overlaps k, the token at k
+    does not strip whitespace before it (lstrip), and no single-word token ends at k."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    added = list(tokenizer.added_tokens_decoder.values())
+    cuts = [t.content for t in added if t.special and not (t.lstrip or t.rstrip or t.single_word or t.normalized)]
+    return cuts, added
+
+
+def cut_point(text: str, cuts: tuple[list[str], list] | None) -> int:
+    """Where `text` may be cut so that its two parts tokenize apart to the same ids as the whole (see `cut_tokens`):
+    before the last special token in it, or 0 (no cut) where no such place is safe."""
+    if not cuts:
+        return 0
+    k = max(text.rfind(token) for token in cuts[0]) if cuts[0] else -1
+    if k <= 0:
+        return 0
+    for token in cuts[1]:
+        content = token.content
+        start = text.find(content, max(0, k - len(content) + 1))
+        if 0 <= start < k or (token.lstrip and text.startswith(content, k)) or \
+                (token.single_word and text.endswith(content, 0, k)):
+            return 0
+    return k
 
 
 def fit(example: dict, cfg: Tokenize, counts: Counter) -> dict | None:
@@ -117,11 +173,9 @@ def fit(example: dict, cfg: Tokenize, counts: Counter) -> dict | None:
 
 def tokenize_split(rows: list[dict], tokenizer, cfg: Tokenize) -> tuple[list[dict], Counter]:
     """Encoded and length-limited rows, and the counts of truncations and drops (every key in COUNTS)."""
-    from tqdm import tqdm
-
     out, counts = [], Counter(dict.fromkeys(COUNTS, 0))
-    for row in tqdm(rows, desc="tokenize", unit="row", mininterval=2):
-        example = fit(encode(row, tokenizer, cfg.system_message), cfg, counts)
+    for example in encode_rows(rows, tokenizer, cfg.system_message):
+        example = fit(example, cfg, counts)
         if example is None:
             continue
         if not example["chosen_ids"] or not example["rejected_ids"]:
@@ -131,6 +185,85 @@ def tokenize_split(rows: list[dict], tokenizer, cfg: Tokenize) -> tuple[list[dic
     if len(out) + sum(v for k, v in counts.items() if k.startswith("dropped")) != len(rows):
         raise RuntimeError(f"tokenize lost rows without counting them, a bug: {len(rows)} in, {len(out)} out, {counts}")
     return out, counts
+
+
+def tokenize_lines(lines: list[tuple[int, str]], tokenizer, cfg: Tokenize) -> tuple[list[dict], Counter]:
+    """`tokenize_split` on a batch of (line number, JSON line) of canonical rows; runs in the worker processes."""
+    return tokenize_split([json.loads(line) for _, line in lines], tokenizer, cfg)
+
+
+def write_split(rows_file: Path, folder: Path, tokenizer, cfg: Tokenize, longest_first: bool, num_proc: int = 1,
+                batch_size: int = 1000) -> tuple[dict, dict]:
+    """Tokenize the JSON lines of `rows_file` into `folder`, a split as `Dataset.save_to_disk` writes it (its rows
+    sorted longest first in tokens if `longest_first`); returns the split's metrics and manifest entry.
+
+    Batches go through `num_proc` workers and straight into the Arrow file, so memory holds a few batches, never the
+    split. Sorting goes through a temporary JSON-lines file, read back in the sorted order."""
+    from datasets.arrow_writer import ArrowWriter
+    from tqdm import tqdm
+
+    work = functools.partial(tokenize_lines, tokenizer=tokenizer, cfg=cfg)
+    counts, rows_in, lengths, ids = Counter(dict.fromkeys(COUNTS, 0)), 0, [], hashlib.sha256()
+    folder.mkdir(parents=True)
+    unsorted, unsorted_lengths = stream.LineIndex(folder.parent / f".{folder.name}-unsorted.jsonl"), []
+    with ArrowWriter(features=features(), path=str(folder / ARROW_FILE)) as writer, \
+            open(unsorted.path, "wb") as pending, tqdm(desc=f"tokenize {folder.name}", unit="row", mininterval=2) as bar:
+
+        def write(example):
+            ids.update(("\n" if lengths else "").encode() + example["id"].encode())
+            lengths.append(total_length(example))
+            writer.write(example)
+
+        for examples, batch_counts in stream.parallel_map(work, stream.batched(stream.lines(rows_file), batch_size),
+                                                          num_proc):
+            counts.update(batch_counts)
+            rows_in += sum(batch_counts[k] for k in COUNTS if k.startswith("dropped")) + len(examples)
+            bar.update(len(examples))
+            for example in examples:
+                if not longest_first:
+                    write(example)
+                    continue
+                unsorted.offsets.append(pending.tell())
+                unsorted_lengths.append(total_length(example))
+                pending.write(json.dumps(example).encode() + b"\n")
+        pending.close()
+        # longest first, ties in the order the rows came (a stable sort), as Python's sort(reverse=True) leaves them
+        order = sorted(range(len(unsorted_lengths)), key=lambda i: -unsorted_lengths[i])
+        for line in unsorted.read(order):
+            write(json.loads(line))
+        writer.finalize()
+    unsorted.path.unlink()
+    if not lengths:
+        raise UserError(f"tokenize: every {folder.name} row was dropped ({dict(counts)}); raise the tokenize.max_* "
+                        "limits or set tokenize.overlong: truncate.")
+    save_metadata(folder)
+    metrics = {"rows_in": rows_in, "rows_out": len(lengths), **counts, "max_length": max(lengths),
+               "mean_length": round(sum(lengths) / len(lengths), 2)}
+    return metrics, {"rows": len(lengths), "ids_sha256": ids.hexdigest(), "max_length": max(lengths)}
+
+
+def features():
+    """The columns of a tokenized split (as `Dataset.from_list` infers them from our rows)."""
+    from datasets import Features, List, Value
+
+    ids = List(Value("int64"))
+    return Features({"id": Value("string"), "prompt_ids": ids, "chosen_ids": ids, "rejected_ids": ids})
+
+
+def save_metadata(folder: Path) -> None:
+    """state.json and dataset_info.json beside the Arrow file, as `Dataset.save_to_disk` (datasets 5.2) writes them,
+    so that `load_from_disk` reads the folder. save_to_disk itself would copy the data, reading it back through a
+    memory map whose pages count as this process's memory: as much as the split. The fingerprint is the file's hash."""
+    from datasets import Dataset
+    from datasets.utils.py_utils import asdict
+
+    with open(folder / ARROW_FILE, "rb") as f:
+        fingerprint = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": fingerprint, "_format_columns": None,
+             "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    info = asdict(Dataset.from_file(str(folder / ARROW_FILE)).info)  # memory-mapped: nothing is read
+    (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
 
 
 def total_length(example: dict) -> int:

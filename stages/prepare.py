@@ -8,8 +8,8 @@ row that left the pipeline so far, counted by reason, and the split sizes.
 import argparse
 from pathlib import Path
 
-from rlhf import config, prepare
-from rlhf.io import atomic_dir, read_json, read_jsonl, run, write_json, write_jsonl
+from rlhf import config, prepare, stream
+from rlhf.io import atomic_dir, read_json, run, write_json
 
 
 def main():
@@ -21,16 +21,13 @@ def main():
     params = config.load()
 
     fetched = Path(args.fetched)
-    rows, fetch_stats = read_jsonl(fetched / "rows.jsonl"), read_json(fetched / "fetch.json")
-    kept, dropped = prepare.filter_rows(rows, params.prepare)
-    train, validation = prepare.split(kept, params.prepare.validation_size, params.seed)
-
-    metrics = prepare.account(fetch_stats, len(rows), dropped, len(train), len(validation))
     with atomic_dir(args.out) as tmp:
-        write_jsonl(tmp / "train.jsonl", train)
-        write_jsonl(tmp / "validation.jsonl", validation)
+        rows, dropped, train, validation = prepare.prepare(
+            fetched / "rows.jsonl", tmp, params.prepare, params.seed, stream.workers(params.processing.num_proc),
+            params.processing.batch_size)
+        metrics = prepare.account(read_json(fetched / "fetch.json"), rows, dropped, train, validation)
     write_json(args.metrics, metrics)
-    print(f"prepare: {len(rows)} rows -> {len(train)} train, {len(validation)} validation; {dropped}")
+    print(f"prepare: {rows} rows -> {train} train, {validation} validation; {dropped}")
 
 
 if __name__ == "__main__":

@@ -4,16 +4,15 @@
         --metrics metrics/tokenize.json
 
 Run it with `python -m`: as a plain script its name would shadow Python's own `tokenize` module.
-Writes OUT as a datasets DatasetDict (train, validation) saved to disk, OUT/manifest.json (rows and id hash per
-split) and metrics/tokenize.json (truncations, drops, lengths).
+Writes OUT as a datasets DatasetDict (train, validation) on disk, OUT/manifest.json (rows and id hash per split) and
+metrics/tokenize.json (truncations, drops, lengths). Rows stream through in batches (params.yaml `processing`).
 """
 import argparse
+import json
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
-
-from rlhf import base, config, tokenize
-from rlhf.io import UserError, atomic_dir, provenance, read_jsonl, run, write_json
+from rlhf import base, config, stream, tokenize
+from rlhf.io import atomic_dir, provenance, run, write_json
 
 
 def main():
@@ -26,23 +25,15 @@ def main():
     params = config.load()
     tokenizer = base.load_tokenizer(args.base)
 
-    splits, metrics, manifest = {}, {}, {}
-    for split in ("train", "validation"):
-        rows = read_jsonl(Path(args.prepared) / f"{split}.jsonl")
-        examples, counts = tokenize.tokenize_split(rows, tokenizer, params.tokenize)
-        if split == "validation":  # longest first in tokens, as prepare did in characters
-            examples.sort(key=tokenize.total_length, reverse=True)
-        if not examples:
-            raise UserError(f"tokenize: every {split} row was dropped ({dict(counts)}); raise the "
-                                     "tokenize.max_* limits or set tokenize.overlong: truncate.")
-        splits[split] = Dataset.from_list(examples)
-        lengths = [tokenize.total_length(e) for e in examples]
-        metrics[split] = {"rows_in": len(rows), "rows_out": len(examples), **counts,
-                          "max_length": max(lengths), "mean_length": round(sum(lengths) / len(lengths), 2)}
-        manifest[split] = {"rows": len(examples), "ids_sha256": tokenize.ids_hash([e["id"] for e in examples]),
-                           "max_length": max(lengths)}
+    metrics, manifest = {}, {}
     with atomic_dir(args.out) as tmp:
-        DatasetDict(splits).save_to_disk(str(tmp))
+        for split in ("train", "validation"):
+            # validation longest first in tokens, as prepare sorted it in characters
+            metrics[split], manifest[split] = tokenize.write_split(
+                Path(args.prepared) / f"{split}.jsonl", tmp / split, tokenizer, params.tokenize,
+                longest_first=split == "validation", num_proc=stream.workers(params.processing.num_proc),
+                batch_size=params.processing.batch_size)
+        (tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(manifest)}))
         # Versions but not params: the params are in dvc.lock, and a limit change that leaves every row as it was must
         # not change this output's hash, or DVC would retrain every stage after it for nothing.
         write_json(tmp / tokenize.MANIFEST, {**manifest, "versions": provenance()["versions"]})

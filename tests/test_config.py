@@ -50,6 +50,9 @@ def test_unknown_top_level_key(params_file):
     ("prepare.validation_size", 1.0, r"prepare\.validation_size = 1\.0 is a fraction and must be below 1"),
     ("prepare.validation_size", "ten", r"prepare\.validation_size = 'ten' has the wrong type; expected a number or an integer"),
     ("model", "tiny", r"model must be a mapping"),
+    ("processing.num_proc", 0, r"processing\.num_proc = 0 is out of range; allowed: 1 <= processing\.num_proc"),
+    ("processing.num_proc", "all", r"processing\.num_proc = 'all' has the wrong type; expected an integer or 'auto'"),
+    ("processing.batch_size", 0, r"processing\.batch_size = 0 is out of range"),
 ])
 def test_bad_values_name_key_value_and_allowed(params_file, key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,13 +1,27 @@
-"""prepare: every filter counted by reason; a seeded, deterministic split sorted as specified."""
+"""prepare: every filter counted by reason; a seeded, deterministic split sorted as specified; the same output for
+any number of workers and any batch size."""
+import json
+
 import pytest
 
 from rlhf import prepare
 from rlhf.config import Prepare
-from rlhf.io import UserError
+from rlhf.io import UserError, read_jsonl
 from conftest import messages
 
 
-def test_filters_count_every_drop_by_reason():
+def run(rows, tmp_path, cfg=Prepare(), seed=0, num_proc=1, batch_size=1000):
+    """prepare.prepare on `rows` written as a fetch output: (train rows, validation rows, drop counts)."""
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = tmp_path / f"out-{seed}-{num_proc}-{batch_size}"
+    out.mkdir(exist_ok=True)
+    read, dropped, n_train, n_val = prepare.prepare(tmp_path / "rows.jsonl", out, cfg, seed, num_proc, batch_size)
+    train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
+    assert read == len(rows) and (n_train, n_val) == (len(train), len(val))
+    return train, val, dropped
+
+
+def test_filters_count_every_drop_by_reason(tmp_path):
     rows = [
         messages("q1", "good", "bad", "keep"),
         messages("q1", "good", "bad", "dup"),
@@ -18,8 +32,9 @@ def test_filters_count_every_drop_by_reason():
         messages(" ", "a", "b", "no-prompt"),
         messages("q5", "fine", "also fine", "keep2"),
     ]
-    kept, dropped = prepare.filter_rows(rows, Prepare(max_prompt_chars=20, max_response_chars=20))
-    assert [r["id"] for r in kept] == ["keep", "keep2"]
+    train, val, dropped = run(rows, tmp_path, Prepare(validation_size=1, max_prompt_chars=20, max_response_chars=20))
+    kept = train + val
+    assert sorted(r["id"] for r in kept) == ["keep", "keep2"]
     assert dropped == {"dropped_duplicate": 1, "dropped_empty_prompt": 1, "dropped_empty_response": 1,
                        "dropped_identical_responses": 1, "dropped_prompt_too_long": 1,
                        "dropped_response_too_long": 1}
@@ -28,28 +43,42 @@ def test_filters_count_every_drop_by_reason():
 
 def test_duplicates_kept_when_asked():
     rows = [messages("q", "a", "b", "1"), messages("q", "a", "b", "2")]
-    kept, dropped = prepare.filter_rows(rows, Prepare(drop_duplicates=False))
-    assert len(kept) == 2 and not any(dropped.values())
+    checked = prepare.checks([json.dumps(r).encode() for r in rows], Prepare())
+    kept, dropped = prepare.filter_rows(checked, drop_duplicates=False)
+    assert list(kept) == [0, 1] and not any(dropped.values())
+    kept, dropped = prepare.filter_rows(checked, drop_duplicates=True)
+    assert list(kept) == [0] and dropped["dropped_duplicate"] == 1
 
 
 def rows_of_lengths(n):
-    return [messages("p" * (i % 7 + 1), "c" * (i % 5 + 1), "r", f"id{i:03d}") for i in range(n)]
+    return [messages("p" * (i % 7 + 1) + str(i), "c" * (i % 5 + 1), "r", f"id{i:03d}") for i in range(n)]
 
 
-def test_split_is_deterministic_and_sized():
+def test_split_is_deterministic_and_sized(tmp_path):
     rows = rows_of_lengths(100)
-    train, val = prepare.split(rows, 0.2, seed=1)
-    assert (train, val) == prepare.split(rows, 0.2, seed=1)
+    cfg = Prepare(validation_size=0.2)
+    train, val, _ = run(rows, tmp_path, cfg, seed=1)
+    assert (train, val) == run(rows, tmp_path, cfg, seed=1)[:2]
     assert len(val) == 20 and len(train) == 80
     assert {r["id"] for r in train} | {r["id"] for r in val} == {r["id"] for r in rows}
     assert not {r["id"] for r in train} & {r["id"] for r in val}
-    other_train, _ = prepare.split(rows, 0.2, seed=2)
+    other_train = run(rows, tmp_path, cfg, seed=2)[0]
     assert [r["id"] for r in other_train] != [r["id"] for r in train]
-    assert len(prepare.split(rows, 7, seed=1)[1]) == 7
+    assert len(run(rows, tmp_path, Prepare(validation_size=7), seed=1)[1]) == 7
 
 
-def test_validation_sorted_longest_first_train_not_sorted():
-    train, val = prepare.split(rows_of_lengths(200), 0.25, seed=0)
+def test_same_output_for_any_workers_and_batch_size(tmp_path):
+    rows = rows_of_lengths(300) + rows_of_lengths(20)  # the second copy: duplicates across batches
+    one = run(rows, tmp_path, seed=3)
+    assert one[2]["dropped_duplicate"] == 20
+    for num_proc, batch_size in ((2, 7), (2, 1000), (1, 1)):
+        assert run(rows, tmp_path, seed=3, num_proc=num_proc, batch_size=batch_size) == one
+        assert (tmp_path / f"out-3-{num_proc}-{batch_size}/train.jsonl").read_bytes() == \
+            (tmp_path / "out-3-1-1000/train.jsonl").read_bytes()
+
+
+def test_validation_sorted_longest_first_train_not_sorted(tmp_path):
+    train, val, _ = run(rows_of_lengths(200), tmp_path, Prepare(validation_size=0.25))
     lengths = [prepare.length(r) for r in val]
     assert lengths == sorted(lengths, reverse=True)
     train_lengths = [prepare.length(r) for r in train]
@@ -60,7 +89,7 @@ def test_validation_sorted_longest_first_train_not_sorted():
 
 def test_split_too_small_is_a_clear_error():
     with pytest.raises(UserError, match="validation_size = 5 gives 5 validation rows out of 3"):
-        prepare.split(rows_of_lengths(3), 5, seed=0)
+        prepare.split(3, 5, seed=0)
 
 
 def test_accounting_adds_up_or_raises():

@@ -211,3 +211,36 @@ def test_the_committed_default_run_passes_the_gate_and_was_exported():
     assert metrics["gate_passed"] is True and metrics["gate_failed"] == ""
     export = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]["export"]
     assert [o["path"] for o in export["outs"]] == ["models/export"]
+
+
+def dir_md5(folder: Path) -> str:
+    """A folder's hash as DVC 3 records it in dvc.lock: md5 of the sorted (relpath, md5) list, plus '.dir'."""
+    import json
+
+    entries = sorted(({"md5": hashlib.md5(p.read_bytes()).hexdigest(), "relpath": p.relative_to(folder).as_posix()}
+                      for p in folder.rglob("*") if p.is_file()), key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def test_fetch_and_prepare_give_the_locked_outputs_without_torch(tmp_path):
+    """fetch and prepare, run on the repository's params.yaml, write byte for byte the outputs dvc.lock records (their
+    hashes have not changed since before the stages streamed), and never import torch, transformers or trl, which
+    would cost a second or more of start-up. Catches a changed row, id, order or count, and a heavy import."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for stage, args in (("fetch", ["--out", "data/fetched"]),
+                        ("prepare", ["--fetched", "data/fetched", "--out", "data/prepared", "--metrics", "m.json"])):
+        check = (f"import runpy, sys; sys.argv = ['{stage}', *{args!r}]; runpy.run_module('stages.{stage}', "
+                 "run_name='__main__'); print('heavy:', [m for m in ('torch', 'transformers', 'trl') "
+                 "if m in sys.modules])")
+        out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "heavy: []" in out.stdout, (stage, out.stdout)
+        locked = next(o["md5"] for o in lock[stage]["outs"] if o["path"] == DVC[stage]["outs"][0])
+        assert dir_md5(tmp_path / DVC[stage]["outs"][0]) == locked, f"{stage} output differs from dvc.lock"

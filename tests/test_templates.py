@@ -359,3 +359,57 @@ def test_dvc_repro_with_a_local_qwen2_model(tmp_path):
     stops = json.loads((root / "models/export/generation_config.json").read_text())["eos_token_id"]
     assert tok.convert_tokens_to_ids("<|im_end|>") in (stops if isinstance(stops, list) else [stops])
     assert weights["fingerprint"] in (root / "models/export/README.md").read_text()
+
+
+def encode_whole(row: dict, tok) -> dict:
+    """The split as it was computed before batching: each of the three texts tokenized whole, on its own."""
+    prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    ids = [tok(text, add_special_tokens=False)["input_ids"] for text in
+           (prompt, *(tok.apply_chat_template(row["prompt"] + row[k], tokenize=False) for k in ("chosen", "rejected")))]
+    n = min(tokenize.common_prefix_length(ids[0], ids[1]), tokenize.common_prefix_length(ids[0], ids[2]))
+    return {"id": row["id"], "prompt_ids": ids[0][:n], "chosen_ids": ids[1][n:], "rejected_ids": ids[2][n:]}
+
+
+def awkward_rows(family: Family) -> list[dict]:
+    """Rows whose text touches the family's special tokens: answers that start with spaces or newlines, a turn that
+    quotes a special token, unicode, empty-looking turns."""
+    quoted = family.tokens[-1]
+    texts = [" leading space", "\n\nnewlines first", f"quotes {quoted} inside", "ünïcödé — dash", f"{quoted}", "x"]
+    rows = []
+    for i, text in enumerate(texts):
+        rows.append({"id": f"awkward-{i}", "prompt": [user(text), assistant(texts[i - 1]), user(texts[i - 2])],
+                     "chosen": [assistant(text)], "rejected": [assistant(" " + texts[i - 3])]})
+    return conversations(family) + rows
+
+
+def test_tokenizing_the_shared_prompt_once_changes_no_id(family):
+    """encode_rows tokenizes the prompt text up to its last special token once for the three texts of a row
+    (tokenize.cut_point); the ids must be exactly those of tokenizing each text whole. Catches a cut inside a token
+    or a piece (cut one character later, or ignoring an added token that overlaps the cut), and a cut before a
+    token that strips the whitespace in front of it."""
+    spec, tok, _ = family
+    rows = awkward_rows(spec)
+    assert tokenize.encode_rows(rows, tok, "keep") == [encode_whole(row, tok) for row in rows]
+    cuts = tokenize.cut_tokens(tok)
+    prompt = tok.apply_chat_template(rows[1]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert tokenize.cut_point(prompt, cuts) > 0  # the fast path is taken for every family
+
+
+def test_cut_point_refuses_unsafe_places(tmp_path):
+    """No cut where an added token overlaps the place, where the token at the place strips the space before it, or
+    for a slow tokenizer; a cut before the last special token otherwise."""
+    from tokenizers import AddedToken
+
+    tok = family_tokenizer(FAMILIES["qwen2_5"])
+    text = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenize.cut_point(text, tokenize.cut_tokens(tok)) == text.rindex("<|im_start|>")
+    tok.add_tokens([AddedToken("\n<|im_start|>assistant", special=False, normalized=False)])
+    assert tokenize.cut_point(text, tokenize.cut_tokens(tok)) == 0  # overlaps the last <|im_start|>
+    rows = awkward_rows(FAMILIES["qwen2_5"])
+    assert tokenize.encode_rows(rows, tok, "keep") == [encode_whole(row, tok) for row in rows]
+    tok = family_tokenizer(FAMILIES["qwen2_5"])
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>assistant", lstrip=True)]},
+                           replace_extra_special_tokens=False)
+    assert tokenize.cut_point(text + " ", tokenize.cut_tokens(tok)) == 0  # strips the space before it
+    assert tokenize.cut_tokens(type("Slow", (), {"is_fast": False})()) is None
+    assert tokenize.cut_point(text, None) == 0

@@ -1,4 +1,5 @@
 """tokenize: template, prompt/completion split, truncation directions, counted drops, row manifest."""
+import json
 from collections import Counter
 
 import pytest
@@ -68,3 +69,43 @@ def test_trainer_columns_are_concatenations():
     ex = {"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5], "rejected_ids": [6]}
     assert tokenize.sft_columns(ex) == {"input_ids": [1, 2, 3, 4, 5], "completion_mask": [0, 0, 1, 1, 1]}
     assert tokenize.reward_columns(ex) == {"chosen_ids": [1, 2, 3, 4, 5], "rejected_ids": [1, 2, 6]}
+
+
+def as_saved_before(rows, tokenizer, cfg, longest_first, folder):
+    """The split as the stage wrote it before streaming: every row in memory, Dataset.from_list, save_to_disk."""
+    from datasets import Dataset
+
+    examples, _ = tokenize.tokenize_split(rows, tokenizer, cfg)
+    if longest_first:
+        examples.sort(key=tokenize.total_length, reverse=True)
+    Dataset.from_list(examples).save_to_disk(str(folder))
+    return examples
+
+
+@pytest.mark.parametrize("longest_first", [False, True])
+def test_streamed_split_equals_the_in_memory_one_for_any_workers(tokenizer, tmp_path, longest_first):
+    """write_split (batches through worker processes, straight to Arrow; sorted through a temporary file) gives the
+    rows, order, features, metrics and manifest of tokenizing everything in memory, for any number of workers and
+    batch size. Catches a lost or reordered batch, an unstable sort, a miscounted drop."""
+    from datasets import load_from_disk
+
+    rows = [messages(f"How was the pizza {i}?", "great " * (i % 9), "bad " * (i % 4 + 1), f"r{i}") for i in range(90)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = Tokenize(max_prompt_length=40, max_completion_length=9, overlong="drop")
+    expected = as_saved_before(rows, tokenizer, cfg, longest_first, tmp_path / "before")
+    lengths = [tokenize.total_length(e) for e in expected]
+    outputs = []
+    for num_proc, batch_size in ((1, 1000), (2, 7), (2, 1)):
+        folder = tmp_path / f"after-{num_proc}-{batch_size}" / "split"
+        metrics, manifest = tokenize.write_split(tmp_path / "rows.jsonl", folder, tokenizer, cfg, longest_first,
+                                                 num_proc, batch_size)
+        saved = load_from_disk(str(folder))
+        assert saved.to_list() == expected and saved.features == tokenize.features()
+        assert (folder / "dataset_info.json").read_bytes() == (tmp_path / "before/dataset_info.json").read_bytes()
+        assert manifest == {"rows": len(expected), "ids_sha256": tokenize.ids_hash([e["id"] for e in expected]),
+                            "max_length": max(lengths)}
+        assert metrics["rows_in"] == 90 and metrics["rows_out"] == len(expected)
+        assert metrics["dropped_overlong_chosen"] > 0 and metrics["max_length"] == max(lengths)
+        outputs.append(metrics)
+        assert not list(folder.parent.glob(".*"))  # the temporary file is gone
+    assert outputs[0] == outputs[1] == outputs[2]
