@@ -44,18 +44,13 @@ def _lines(items, origin: str, cfg: Data, seed: int, num_proc: int, batch_size: 
 
     total = sum(1 for _ in items()) if cfg.sample_ratio < 1 or cfg.max_rows else None
     fmt = detect_first(sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed), cfg, origin)
-    selected, taken = sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed), [0]
-
-    def counted(rows):
-        for row in rows:
-            taken[0] += 1
-            yield row
-
+    selected = sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed)
     work = functools.partial(normalize_batch, columns=cfg.columns, fmt=fmt)
-    counts, examples, seen_ids, fetched = Counter(), [], Counter(), 0
+    counts, examples, seen_ids, taken, fetched = Counter(), [], Counter(), 0, 0
     with tqdm(desc="fetch", unit="row", total=total, mininterval=2) as bar:
-        for results in stream.parallel_map(work, stream.batched(counted(selected), batch_size), num_proc):
+        for results in stream.parallel_map(work, stream.batched(selected, batch_size), num_proc):
             bar.update(len(results))
+            taken += len(results)  # one result per selected row
             for kind, number, *rest in results:
                 if kind == "tie":
                     counts["dropped_tie"] += 1
@@ -64,8 +59,7 @@ def _lines(items, origin: str, cfg: Data, seed: int, num_proc: int, batch_size: 
                     field_name, reason = rest
                     message = f"{origin}, row {number}, field '{field_name}': {reason}"
                     if cfg.on_bad_rows == "error":
-                        raise DataError(f"{message}. Fix or remove the row, or set data.on_bad_rows: skip in "
-                                        "params.yaml to drop such rows (they are counted in metrics/data.json).")
+                        raise bad_row(message)
                     counts[f"skipped_bad_row_{field_name}"] += 1
                     if len(examples) < MAX_EXAMPLES:
                         examples.append(message)
@@ -75,8 +69,8 @@ def _lines(items, origin: str, cfg: Data, seed: int, num_proc: int, batch_size: 
                 row_id = base_id if seen_ids[base_id] == 1 else f"{base_id}#{seen_ids[base_id]}"
                 fetched += 1
                 yield '{"id": ' + json.dumps(row_id, ensure_ascii=False) + ", " + tail
-    stats["rows_read"] = taken[0] if total is None else total
-    stats["sampled_out"] = stats["rows_read"] - taken[0]
+    stats["rows_read"] = taken if total is None else total
+    stats["sampled_out"] = stats["rows_read"] - taken
     stats["skipped_bad_rows"] = sum(v for k, v in counts.items() if k.startswith("skipped_bad_row_"))
     stats["dropped_tie"] = counts.pop("dropped_tie", 0)
     stats.update(sorted(counts.items()))
@@ -205,10 +199,13 @@ def detect_first(items, cfg: Data, origin: str) -> str | None:
         if not isinstance(row, Exception):
             return detect(row, origin, number)
         if cfg.on_bad_rows == "error":
-            raise DataError(f"{origin}, row {number}, field '{row.field}': {row}. Fix or remove the row, or set "
-                            "data.on_bad_rows: skip in params.yaml to drop such rows (they are counted in "
-                            "metrics/data.json).")
+            raise bad_row(f"{origin}, row {number}, field '{row.field}': {row}")
     return None
+
+
+def bad_row(message: str) -> DataError:
+    return DataError(f"{message}. Fix or remove the row, or set data.on_bad_rows: skip in params.yaml to drop such "
+                     "rows (they are counted in metrics/data.json).")
 
 
 def normalize_batch(items: list, columns: dict[str, str], fmt: str | None) -> list[tuple]:
