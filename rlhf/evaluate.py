@@ -58,6 +58,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir,
     cfg = params.eval
     shared = sft_answers.shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir)
     tokenizer, prompts = shared["tokenizer"], shared["prompts"]
+    # the SFT model is loaded either way: the KL needs its log-probs of the policy's answers
     models = {"sft": policy.load_sft_merged(base_dir, sft_dir, params.model).eval(),
               "policy": align.load_trained_policy(base_dir, sft_dir, policy_dir, params.model)}
     if sft_answers_dir is None:

@@ -37,9 +37,11 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     set_seed(params.seed)
     section, lora, chosen = train.resolve(params, params.dpo, train.accelerator_memory_gb())
     print(f"dpo: settings after compute.preset: {chosen}")
+
     # -- data: the tokenize stage's rows, with the reference stage's log-probs
     train_rows = rows_with_reference(tokenized, reference_dir, "train", section.max_length)
     validation = rows_with_reference(tokenized, reference_dir, "validation", section.max_length)
+
     # -- model: SFT weights + new adapter
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
