@@ -1,6 +1,8 @@
 """Ours against plain TRL, SFT and DPO, on the same model, rows and settings; steps per second of trainer.train().
 
-Ours: rlhf.sft.run_sft and rlhf.methods.dpo.run, called as the stages call them (DVCLive and checkpoints included).
+Ours: rlhf.sft.run_sft and rlhf.methods.dpo.run, called as the stages call them (DVCLive and checkpoints included);
+our DPO reads the reference log-probs that the reference stage computes once (here: in its process, before training),
+so its steps run no reference forward pass, where plain TRL's DPO runs one in every step.
 Plain TRL: a script the way TRL's docs show one, on the same rows as text (the prepare stage's conversations,
 which TRL tokenizes itself), with the same LoRA, batch size, steps, learning rate, schedule, max_length and dtype.
 Each training runs in a fresh process: its peak RSS is its own, and no run warms caches for the next.
@@ -65,13 +67,20 @@ def ours_sft(params, tokenized: Path, base_dir: Path, work: Path) -> dict:
 
 
 def ours_dpo(params, tokenized: Path, base_dir: Path, sft_dir: Path, work: Path) -> dict:
+    """Our reference stage's pass (timed apart: a sweep pays it once), then our DPO on its log-probs."""
+    from rlhf import reference
     from rlhf.methods import dpo
 
     run = fresh(work, "ours-dpo")
     (run / "reward").mkdir()  # DPO reads no reward model, but the align stage's signature passes one
-    metrics, _ = dpo.run(params, str(tokenized), str(base_dir), str(sft_dir), str(run / "reward"), str(run / "out"),
-                         str(run / "checkpoints"), str(run / "live"))
+    start = time.perf_counter()
+    splits, _ = reference.compute(params, tokenized, base_dir, sft_dir)
+    splits.save_to_disk(str(run / "reference"))
+    reference_seconds = time.perf_counter() - start
+    metrics, _ = dpo.run(params, str(tokenized), str(base_dir), str(sft_dir), str(run / "reward"),
+                         str(run / "reference"), str(run / "out"), str(run / "checkpoints"), str(run / "live"))
     return {"steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
+            "reference_seconds": round(reference_seconds, 2),
             "tokens_seen": int(metrics.get("tokens_seen", metrics.get("num_input_tokens_seen", 0)))}
 
 
@@ -172,27 +181,37 @@ def summary(ours: list[dict], trl: list[dict]) -> dict:
             "trl_peak_rss_mib": max(r["peak_rss_mib"] for r in trl), "ours_runs": ours, "trl_runs": trl}
 
 
+def dpo_precomputed_reference(params, data: dict, steps: int, repeats: int, work: Path,
+                              batch: int | None = None) -> dict:
+    """DPO steps per second, ours (reference log-probs precomputed once: no reference forward in a step) against
+    plain TRL computing the reference in every step: the same rows, steps, batch, LoRA and seed, `repeats` runs of
+    each, interleaved. `data`: tokenized, base, prepared, weights (as in `compare`) and sft (the adapter both start
+    from). `reference_seconds`: ours' one reference pass, outside its train_seconds (a sweep pays it once)."""
+    dpo_params = with_steps(params, "dpo", steps, batch)
+    ours, trl = [], []
+    for _ in range(repeats):  # interleaved, so a change in machine load hits both sides alike
+        ours.append(isolated(ours_dpo, dpo_params, data["tokenized"], data["base"], data["sft"], work))
+        trl.append(isolated(trl_dpo, dpo_params, data["prepared"], data["weights"], data["sft"], work))
+    return {**summary(ours, trl), "reference_seconds": statistics.median(r["reference_seconds"] for r in ours)}
+
+
 def compare(params, data: dict, steps: int | dict, repeats: int, work: Path, batch: int | None = None,
             grouping: bool = False) -> dict:
     """SFT and DPO, ours and plain TRL, `repeats` times each. `data`: tokenized, base (our models/base), prepared,
-    weights (the folder plain TRL loads), sft (the adapter DPO starts from; None: the one our SFT run just made).
+    weights (the folder plain TRL loads), sft (the adapter DPO starts from; None: the one our SFT runs made).
     With `grouping`, plain TRL SFT also trains with train_sampling_strategy=group_by_length."""
     steps = steps if isinstance(steps, dict) else {"sft": steps, "dpo": steps}
     sft_params = with_steps(params, "sft", steps["sft"], batch)
-    dpo_params = with_steps(params, "dpo", steps["dpo"], batch)
-    runs = {key: [] for key in ("sft_ours", "sft_trl", "sft_trl_grouped", "dpo_ours", "dpo_trl")}
+    runs = {key: [] for key in ("sft_ours", "sft_trl", "sft_trl_grouped")}
     for _ in range(repeats):  # interleaved, so a change in machine load hits both sides alike
-        ours = isolated(ours_sft, sft_params, data["tokenized"], data["base"], work)
-        runs["sft_ours"].append(ours)
+        runs["sft_ours"].append(isolated(ours_sft, sft_params, data["tokenized"], data["base"], work))
         runs["sft_trl"].append(isolated(trl_sft, sft_params, data["prepared"], data["weights"], work))
         if grouping:
             runs["sft_trl_grouped"].append(isolated(trl_sft, sft_params, data["prepared"], data["weights"], work,
                                                     "group_by_length"))
-        sft_dir = data["sft"] or ours["adapter"]
-        runs["dpo_ours"].append(isolated(ours_dpo, dpo_params, data["tokenized"], data["base"], sft_dir, work))
-        runs["dpo_trl"].append(isolated(trl_dpo, dpo_params, data["prepared"], data["weights"], sft_dir, work))
+    sft_dir = data["sft"] or runs["sft_ours"][-1]["adapter"]
     result = {"steps": steps, "repeats": repeats, "sft": summary(runs["sft_ours"], runs["sft_trl"]),
-              "dpo": summary(runs["dpo_ours"], runs["dpo_trl"])}
+              "dpo": dpo_precomputed_reference(params, {**data, "sft": sft_dir}, steps["dpo"], repeats, work, batch)}
     if grouping:
         random = statistics.median(r["train_seconds"] for r in runs["sft_trl"])
         grouped = statistics.median(r["train_seconds"] for r in runs["sft_trl_grouped"])

@@ -174,10 +174,15 @@ class Reward(Training):
 
 
 @dataclass
+class Reference:
+    # The reference stage: the SFT model's log-probs of every pair, computed once (rlhf/reference.py).
+    batch_size: int = field(default=32, metadata=_range(1))
+
+
+@dataclass
 class DPO(Training):
     beta: float = field(default=0.1, metadata=_range(0.0, low_open=True))
     loss_type: str | list[str] = "sigmoid"
-    precompute_ref_log_probs: bool = False
 
 
 @dataclass
@@ -302,6 +307,7 @@ class Params:
     compute: Compute = field(default_factory=Compute)
     sft: SFT = field(default_factory=SFT)
     reward: Reward = field(default_factory=Reward)
+    reference: Reference = field(default_factory=Reference)
     align: Align = field(default_factory=Align)
     dpo: DPO = field(default_factory=DPO)
     orpo: ORPO = field(default_factory=ORPO)

@@ -1,6 +1,7 @@
 """evaluate: the aligned policy against the SFT model on the validation split, with fixed seeds.
 
-Every number is computed here from the two models' outputs in this run:
+Every number comes from the two models' outputs on the same prompts, seed and settings (the SFT model's side, which
+no experiment changes, from the sft_answers stage; see rlhf/sft_answers.py):
 - win rate of the policy over SFT on the same prompts, judged by the reward model (ties counted apart), and on a
   built-in task by the oracle too, with both models' mean oracle reward;
 - preference accuracy on the validation pairs by implicit reward: log pi(y|x) - log pi_sft(y|x), chosen above
@@ -13,7 +14,7 @@ import statistics
 
 import torch
 
-from rlhf import align, base, generation, policy, reward, scoring, train
+from rlhf import align, generation, policy, scoring, sft_answers
 
 
 def win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -50,48 +51,42 @@ def histogram(values: dict[str, list[float]], bins: int = 20) -> list[dict]:
     return rows
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir) -> tuple[dict, list[dict], dict]:
-    """(metrics, readable samples, plot data) for the policy in `policy_dir` against the SFT model."""
-    cfg, tokenizer = params.eval, base.load_tokenizer(base_dir)
-    pad, batch = tokenizer.pad_token_id, params.eval.batch_size
-    validation = train.load_split(tokenized, "validation", 10**9)
-    prompts = validation["prompt_ids"][: cfg.num_prompts]
+def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir,
+        sft_answers_dir=None) -> tuple[dict, list[dict], dict]:
+    """(metrics, readable samples, plot data) for the policy in `policy_dir` against the SFT model. The SFT model's
+    side comes from the sft_answers stage's output in `sft_answers_dir`, or, without one, is computed here."""
+    cfg = params.eval
+    shared = sft_answers.shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir)
+    tokenizer, prompts = shared["tokenizer"], shared["prompts"]
+    # the SFT model is loaded either way: the KL needs its log-probs of the policy's answers
     models = {"sft": policy.load_sft_merged(base_dir, sft_dir, params.model).eval(),
               "policy": align.load_trained_policy(base_dir, sft_dir, policy_dir, params.model)}
-
-    # -- answers from both models, same prompts and seed
-    answers = {name: generation.generate(m, prompts, tokenizer, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                         batch, seed=params.seed) for name, m in models.items()}
-    rm, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    score = reward.reward_function(rm, stats, tokenizer, base.end_of_turn(tokenizer), batch)
-    rm_scores = {name: score(prompts, ans)[0] for name, ans in answers.items()}
+    if sft_answers_dir is None:
+        sft = sft_answers.measure(models["sft"], params, shared)
+    else:
+        sft = sft_answers.load(sft_answers_dir, shared["validation"], cfg.num_prompts)
+    # -- answers from both models (same prompts and seed) and their scores
+    sides = {"sft": sft, "policy": sft_answers.measure(models["policy"], params, shared)}
+    answers = {name: side["answers"] for name, side in sides.items()}
+    rm_scores = {name: side["rm"] for name, side in sides.items()}
     metrics = {f"rm_{k}": v for k, v in win_rate(rm_scores["policy"], rm_scores["sft"]).items()}
     metrics |= {f"rm_mean_{name}": s.mean().item() for name, s in rm_scores.items()}
-
-    task = generation.builtin_task(params.data.source)
-    oracle = {}
-    if task:
-        oracle = {name: torch.tensor(generation.oracle_scores(task, prompts, ans, tokenizer))
-                  for name, ans in answers.items()}
+    oracle = {name: side["oracle"] for name, side in sides.items() if "oracle" in side}
+    if oracle:
         metrics |= {f"oracle_mean_{name}": s.mean().item() for name, s in oracle.items()}
         metrics |= {f"oracle_{k}": v for k, v in win_rate(oracle["policy"], oracle["sft"]).items()}
 
     # -- drift: KL on the policy's own samples, and answer lengths
-    logp = {name: scoring.completion_logprobs(m, prompts, answers["policy"], pad, batch)[0]
-            for name, m in models.items()}
+    logp = {name: scoring.completion_logprobs(m, prompts, answers["policy"], tokenizer.pad_token_id,
+                                              cfg.batch_size)[0] for name, m in models.items()}
     metrics["kl_policy_sft"] = kl_estimate(logp["policy"], logp["sft"])
     metrics |= {f"length_{name}": statistics.mean(len(a) for a in ans) for name, ans in answers.items()}
 
     # -- the validation pairs: implicit-reward accuracy and the chosen answers' loss
-    pairs = {}
-    for name, m in models.items():
-        for key in ("chosen", "rejected"):
-            pairs[name, key] = scoring.completion_logprobs(m, validation["prompt_ids"], validation[f"{key}_ids"],
-                                                           pad, batch)
-    metrics["implicit_accuracy"] = implicit_accuracy(pairs["policy", "chosen"][0], pairs["sft", "chosen"][0],
-                                                     pairs["policy", "rejected"][0], pairs["sft", "rejected"][0])
-    for name in models:
-        total, count = pairs[name, "chosen"]
+    metrics["implicit_accuracy"] = implicit_accuracy(sides["policy"]["chosen"][0], sides["sft"]["chosen"][0],
+                                                     sides["policy"]["rejected"][0], sides["sft"]["rejected"][0])
+    for name, side in sides.items():
+        total, count = side["chosen"]
         metrics[f"chosen_loss_{name}"] = -total.sum().item() / count.sum().item()
         metrics[f"chosen_perplexity_{name}"] = float(torch.exp(torch.tensor(metrics[f"chosen_loss_{name}"])))
 

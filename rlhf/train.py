@@ -104,6 +104,11 @@ def kbit_device() -> int | str:
     return int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
 
 
+def to_accelerator(model, cfg: Model):
+    """`model` on the GPU if there is one (k-bit weights are put there when loaded)."""
+    return model.to("cuda") if torch.cuda.is_available() and cfg.quantization == "none" else model
+
+
 def check_cpu_4bit_shapes(model) -> None:
     """bitsandbytes 0.50 runs 4-bit layers for inference on a CPU with AVX512-BF16 through a packed format that needs
     each layer's input size to be a multiple of the quantization block (64): otherwise the first evaluation fails

@@ -1,7 +1,8 @@
 """align: align the SFT model with the method named by `method` in params.yaml (see rlhf/align.py).
 
     python -m stages.align --tokenized data/tokenized --base models/base --sft models/sft --reward models/reward \
-        --out models/policy --metrics metrics/align.json --live dvclive/align --checkpoints checkpoints/align
+        --reference data/reference --out models/policy --metrics metrics/align.json --live dvclive/align \
+        --checkpoints checkpoints/align
 
 OUT holds the policy's LoRA adapter, the tokenizer and align.json (method, starting point, provenance).
 metrics/align.json has the method's own training metrics and, on a built-in task, the mean oracle reward of SFT and
@@ -19,6 +20,7 @@ def main():
     parser.add_argument("--base", required=True, help="the base stage's output folder")
     parser.add_argument("--sft", required=True, help="the sft stage's output folder")
     parser.add_argument("--reward", required=True, help="the reward stage's output folder (used by ppo and grpo)")
+    parser.add_argument("--reference", required=True, help="the reference stage's output folder (used by dpo)")
     parser.add_argument("--out", required=True, help="output folder for the policy adapter")
     parser.add_argument("--metrics", required=True, help="metrics JSON file")
     parser.add_argument("--live", required=True, help="DVCLive folder for training curves")
@@ -32,8 +34,8 @@ def main():
         return
 
     with launch.stage_output(args.out) as tmp:
-        metrics, model = run_method(params, args.tokenized, args.base, args.sft, args.reward, tmp, args.checkpoints,
-                                    args.live)
+        metrics, model = run_method(params, args.tokenized, args.base, args.sft, args.reward, args.reference, tmp,
+                                    args.checkpoints, args.live)
         if launch.is_main_process():
             metrics.update(align.oracle_check(params, args.tokenized, args.base, args.sft, model))
             starts_from = "sft" if align.starts_from_sft(params) else "base"

@@ -74,15 +74,32 @@ def tiny_data(tmp_path_factory):
     return data_stages(tmp_path_factory.mktemp("tiny"), TINY)
 
 
+def reference_stage(root: Path, tokenized: str = "data/tokenized", base: str = "models/base",
+                    sft: str = "models/sft") -> None:
+    """The reference stage in `root` (DPO's reference log-probs, data/reference)."""
+    run_stage(root, "reference", "--tokenized", str(tokenized), "--base", str(base), "--sft", str(sft), "--out",
+              "data/reference")
+
+
+def evaluate_stages(root: Path, tokenized: str = "data/tokenized", base: str = "models/base",
+                    sft: str = "models/sft", reward: str = "models/reward") -> None:
+    """The sft_answers and evaluate stages in `root`, on its models/policy and its params (eval.* differ by test)."""
+    inputs = ("--tokenized", str(tokenized), "--base", str(base), "--sft", str(sft), "--reward", str(reward))
+    run_stage(root, "sft_answers", *inputs, "--out", "data/sft_answers")
+    run_stage(root, "evaluate", *inputs, "--policy", "models/policy", "--sft-answers", "data/sft_answers",
+              "--metrics", "metrics/eval.json", "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+
+
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_data):
-    """`tiny_data` after the sft and reward stages as well."""
-    if not (tiny_data / "models/reward").exists():
+    """`tiny_data` after the sft, reward and reference stages as well."""
+    if not (tiny_data / "data/reference").exists():
         run_stage(tiny_data, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--out", "models/sft",
                   "--metrics", "metrics/sft.json", "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
         run_stage(tiny_data, "reward", "--tokenized", "data/tokenized", "--base", "models/base", "--sft",
                   "models/sft", "--out", "models/reward", "--metrics", "metrics/reward.json", "--live",
                   "dvclive/reward", "--checkpoints", "checkpoints/reward")
+        reference_stage(tiny_data)
     return tiny_data
 
 

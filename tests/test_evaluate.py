@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from rlhf import evaluate
-from conftest import run_stage
+from rlhf import config, evaluate, sft_answers, train
+from rlhf.io import UserError
+from conftest import evaluate_stages
 from test_align import run_align
 
 
@@ -43,11 +44,17 @@ def test_histogram_keeps_every_value():
     assert [r["sft"] for r in rows] == [1, 1, 2] and [r["policy"] for r in rows] == [0, 0, 2]
 
 
-def test_evaluate_stage(tiny_trained, tmp_path):
-    work = run_align(tiny_trained, tmp_path, "dpo", **{"eval.num_prompts": 12, "eval.num_samples": 3})
-    run_stage(work, "evaluate", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
-              "--reward", "models/reward", "--policy", "models/policy", "--metrics", "metrics/eval.json",
-              "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+@pytest.fixture(scope="module")
+def evaluated(tiny_trained, tmp_path_factory):
+    """A tiny DPO policy after the sft_answers and evaluate stages."""
+    work = run_align(tiny_trained, tmp_path_factory.mktemp("evaluate"), "dpo",
+                     **{"eval.num_prompts": 12, "eval.num_samples": 3})
+    evaluate_stages(work)
+    return work
+
+
+def test_evaluate_stage(evaluated):
+    work = evaluated
     metrics = json.loads((work / "metrics/eval.json").read_text())
     assert metrics["rm_win_rate"] + metrics["rm_tie_rate"] + metrics["rm_loss_rate"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["oracle_win_rate"] + metrics["oracle_tie_rate"] + metrics["oracle_loss_rate"] == pytest.approx(1.0, abs=1e-5)
@@ -64,3 +71,24 @@ def test_evaluate_stage(tiny_trained, tmp_path):
     frontier = json.loads((work / "metrics/plots/frontier.json").read_text())
     assert frontier[0]["method"] == "dpo" and frontier[0]["kl"] == metrics["kl_policy_sft"]
     assert frontier[0]["reward"] == pytest.approx(metrics["oracle_mean_policy"], abs=1e-6)
+
+
+def test_cached_sft_answers_give_the_same_evaluation(evaluated):
+    """The evaluate stage's output, with the SFT side from the sft_answers stage, equals rlhf.evaluate.run computing
+    that side itself: every metric, sample and plot value, exactly (same machine; sampling reseeds at each call)."""
+    work = evaluated
+    params = config.load(work / "params.yaml")
+    metrics, samples, plots = evaluate.run(params, *(work / name for name in (
+        "data/tokenized", "models/base", "models/sft", "models/reward", "models/policy")))
+    assert json.loads(json.dumps(metrics)) == json.loads((work / "metrics/eval.json").read_text())
+    written = [json.loads(line) for line in (work / "metrics/samples.jsonl").read_text().splitlines()]
+    assert json.loads(json.dumps(samples)) == written and len(written) == 3
+    for name, rows in plots.items():
+        assert json.loads(json.dumps(rows)) == json.loads((work / f"metrics/plots/{name}.json").read_text()), name
+
+
+def test_sft_answers_for_other_prompts_are_refused(evaluated):
+    validation = train.load_split(evaluated / "data/tokenized", "validation", 10**9)
+    assert len(sft_answers.load(evaluated / "data/sft_answers", validation, 12)["answers"]) == 12
+    with pytest.raises(UserError, match=r"other validation rows or another eval.num_prompts.*dvc repro sft_answers"):
+        sft_answers.load(evaluated / "data/sft_answers", validation, 8)

@@ -8,7 +8,7 @@ import torch
 from rlhf import align, evaluate, export
 from rlhf.config import Gate, Model
 from rlhf.io import UserError
-from conftest import run_stage, write_params, TINY
+from conftest import evaluate_stages, run_stage, write_params, TINY
 from test_align import run_align
 
 GOOD = {"rm_win_rate": 0.7, "oracle_win_rate": 0.6, "kl_policy_sft": 1.5, "length_sft": 10.0, "length_policy": 12.0,
@@ -59,9 +59,7 @@ def exported(tiny_trained, tmp_path_factory):
     """A tiny DPO policy, evaluated, then exported with the gate ignored (tiny runs are too short to pass it)."""
     work = run_align(tiny_trained, tmp_path_factory.mktemp("export"), "dpo",
                      **{"export.ignore_gate": True, "eval.num_prompts": 16, "eval.num_samples": 2})
-    run_stage(work, "evaluate", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
-              "--reward", "models/reward", "--policy", "models/policy", "--metrics", "metrics/eval.json",
-              "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+    evaluate_stages(work)
     run_stage(work, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
               "--eval", "metrics/eval.json", "--out", "models/export")
     return work
@@ -102,9 +100,7 @@ def test_a_bad_policy_is_stopped_at_export(tiny_trained, tmp_path):
     refuses, naming the failed checks."""
     work = run_align(tiny_trained, tmp_path, "dpo", **{"dpo.learning_rate": 3.0, "eval.num_prompts": 32,
                                                        "eval.num_samples": 0, "export.ignore_gate": False})
-    run_stage(work, "evaluate", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
-              "--reward", "models/reward", "--policy", "models/policy", "--metrics", "metrics/eval.json",
-              "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+    evaluate_stages(work)
     metrics = json.loads((work / "metrics/eval.json").read_text())
     assert metrics["gate_passed"] is False and metrics["gate_failed"]
     with pytest.raises(UserError, match="export refused: the policy failed eval.gate"):

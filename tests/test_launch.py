@@ -120,12 +120,13 @@ def test_sft_with_two_processes(tiny_data, tmp_path):
 def test_dpo_with_two_processes_through_an_accelerate_config(tiny_trained, tmp_path):
     """DPO's loss is a mean over pairs, so 2 processes of 16 pairs compute the 1-process gradient of 32 pairs up to
     float rounding: the metrics agree closely."""
-    link_inputs(tiny_trained, tmp_path, ["data/tokenized", "models/base", "models/sft", "models/reward"])
+    link_inputs(tiny_trained, tmp_path, ["data/tokenized", "models/base", "models/sft", "models/reward",
+                                         "data/reference"])
     (tmp_path / "configs").symlink_to(REPO / "configs")
 
     def align_args(out):
         return ("--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft", "--reward",
-                "models/reward", "--out", out, "--metrics", f"metrics/{out}.json", "--live", f"dvclive/{out}",
+                "models/reward", "--reference", "data/reference", "--out", out, "--metrics", f"metrics/{out}.json", "--live", f"dvclive/{out}",
                 "--checkpoints", f"checkpoints/{out}")
 
     run_stage_command(tmp_path, "align", {"method": "dpo", "dpo.per_device_train_batch_size": 32}, *align_args("one"))

@@ -56,7 +56,8 @@ def repo(tmp_path_factory):
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     first = sh(root, "dvc", "repro")
-    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "align", "evaluate", "export"]
+    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "reference", "sft_answers", "align",
+                          "evaluate", "export"]
     return root
 
 
@@ -90,15 +91,16 @@ def test_tokenize_param_reruns_only_tokenize(repo):
 
 def test_reward_param_reruns_only_reward(repo):
     set_params(repo, reward__learning_rate=1.0e-3)
-    assert ran(sh(repo, "dvc", "repro")) == ["reward", "align", "evaluate", "export"]
+    assert ran(sh(repo, "dvc", "repro")) == ["reward", "sft_answers", "align", "evaluate", "export"]
 
 
 def test_lora_param_reruns_sft_and_reward(repo):
     set_params(repo, lora__lora_dropout=0.1)
-    assert ran(sh(repo, "dvc", "repro")) == ["sft", "reward", "align", "evaluate", "export"]
+    assert ran(sh(repo, "dvc", "repro")) == ["sft", "reward", "reference", "sft_answers", "align", "evaluate", "export"]
 
 
 def test_method_switch_reruns_only_align(repo):
+    """reference and sft_answers (the SFT side of DPO and of evaluate) come from the cache."""
     set_params(repo, method="orpo")
     assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate", "export"]
     assert json.loads((repo / "metrics/align.json").read_text())["method"] == "orpo"
@@ -146,7 +148,7 @@ def test_killed_training_stage_resumes_on_the_next_repro(repo):
     assert (repo / "models/sft/adapter_model.safetensors").read_bytes() == committed
     rerun = sh(repo, "dvc", "repro")
     assert "checkpoints: resuming from" in rerun.stdout
-    assert ran(rerun) == ["sft", "reward", "align", "evaluate", "export"]
+    assert ran(rerun) == ["sft", "reward", "reference", "sft_answers", "align", "evaluate", "export"]
     assert json.loads((repo / "metrics/sft.json").read_text())["steps"] == 150
     assert not (repo / "checkpoints/sft").exists()
     assert not list(repo.rglob(".sft.tmp-*"))  # the killed run's temporary output was cleared by the rerun

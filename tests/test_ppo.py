@@ -399,8 +399,8 @@ def run_ppo(root, name: str, checkpoints: str | None = None, **overrides):
     params = config.load(root / "params.yaml")
     params = dataclasses.replace(params, ppo=dataclasses.replace(params.ppo, **(SMOKE | overrides)))
     metrics, model = ppo.run(params, root / "data/tokenized", root / "models/base", root / "models/sft",
-                             root / "models/reward", root / name, root / "checkpoints" / (checkpoints or name),
-                             root / "dvclive" / name)
+                             root / "models/reward", root / "data/reference", root / name,
+                             root / "checkpoints" / (checkpoints or name), root / "dvclive" / name)
     return params, metrics, model
 
 
@@ -470,8 +470,8 @@ def test_align_stage_runs_ppo(tiny_trained, tmp_path):
         (tmp_path / name).symlink_to(tiny_trained / name)
     write_params(tmp_path / "params.yaml", {**TINY, "method": "ppo", **{f"ppo.{k}": v for k, v in SMOKE.items()}})
     run_stage(tmp_path, "align", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
-              "--reward", "models/reward", "--out", "models/policy", "--metrics", "metrics/align.json",
-              "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
+              "--reward", "models/reward", "--reference", "data/reference", "--out", "models/policy",
+              "--metrics", "metrics/align.json", "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
     metrics = json.loads((tmp_path / "metrics/align.json").read_text())
     assert metrics["method"] == "ppo"
     assert metrics["oracle_gain"] == pytest.approx(metrics["oracle_policy"] - metrics["oracle_sft"], abs=1e-5)

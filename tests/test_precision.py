@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, TINY, run_stage, write_params
+from conftest import REPO, TINY, evaluate_stages, reference_stage, run_stage, write_params
 from rlhf import config, policy, train
 from rlhf.config import Lora, Model
 from rlhf.io import UserError
@@ -121,10 +121,11 @@ def test_bf16_pipeline_on_cpu(tiny_data, tmp_path):
               "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
     run_stage(root, "reward", *inputs("tokenized", "base", "sft"), "--out", "models/reward", "--metrics",
               "metrics/reward.json", "--live", "dvclive/reward", "--checkpoints", "checkpoints/reward")
-    run_stage(root, "align", *inputs("tokenized", "base", "sft", "reward"), "--out", "models/policy", "--metrics",
-              "metrics/align.json", "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
-    run_stage(root, "evaluate", *inputs("tokenized", "base", "sft", "reward"), "--policy", "models/policy",
-              "--metrics", "metrics/eval.json", "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+    reference_stage(root, data["tokenized"], data["base"])
+    run_stage(root, "align", *inputs("tokenized", "base", "sft", "reward"), "--reference", "data/reference", "--out",
+              "models/policy", "--metrics", "metrics/align.json", "--live", "dvclive/align", "--checkpoints",
+              "checkpoints/align")
+    evaluate_stages(root, data["tokenized"], data["base"])
     for name in ("sft", "reward", "align"):
         metrics = json.loads((root / f"metrics/{name}.json").read_text())
         assert (metrics["dtype"], metrics["quantization"]) == ("bfloat16", "none"), name

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, data_stages, run_stage, write_params
+from conftest import TINY, data_stages, evaluate_stages, reference_stage, run_stage, write_params
 from rlhf import align, config, policy, reward, sft, train
 from rlhf.config import Model
 from rlhf.io import UserError
@@ -20,26 +20,27 @@ WIDE = {**TINY, "model.tiny.hidden_size": 64, "model.tiny.intermediate_size": 12
 
 
 def stage_args(data, root, name):
-    """The command-line arguments of stage `name`: inputs from the shared data folder, models in `root`."""
+    """The command-line arguments of training stage `name`: inputs from the shared data folder, models in `root`."""
     inputs = {"tokenized": data / "data/tokenized", "base": data / "models/base", "sft": root / "models/sft",
-              "reward": root / "models/reward"}
+              "reward": root / "models/reward", "reference": root / "data/reference"}
     wanted = {"sft": ["tokenized", "base"], "reward": ["tokenized", "base", "sft"],
-              "align": ["tokenized", "base", "sft", "reward"], "evaluate": ["tokenized", "base", "sft", "reward"]}
+              "align": ["tokenized", "base", "sft", "reward", "reference"]}
     args = [x for key in wanted[name] for x in (f"--{key}", str(inputs[key]))]
-    if name == "evaluate":
-        return args + ["--policy", "models/policy", "--metrics", "metrics/eval.json", "--samples",
-                       "metrics/samples.jsonl", "--plots", "metrics/plots"]
     out = {"sft": "models/sft", "reward": "models/reward", "align": "models/policy"}[name]
     return args + ["--out", out, "--metrics", f"metrics/{name}.json", "--live", f"dvclive/{name}", "--checkpoints",
                    f"checkpoints/{name}"]
 
 
 def run_pipeline(data, root, overrides: dict):
-    """sft, reward, align (dpo) and evaluate in `root`, on the data stages' outputs in `data`."""
+    """sft, reward, reference, align (dpo), sft_answers and evaluate in `root`, on the data stages' outputs in
+    `data`."""
     root.mkdir(parents=True, exist_ok=True)
     write_params(root / "params.yaml", {**WIDE, **overrides})
-    for name in ("sft", "reward", "align", "evaluate"):
+    for name in ("sft", "reward"):
         run_stage(root, name, *stage_args(data, root, name))
+    reference_stage(root, data / "data/tokenized", data / "models/base")
+    run_stage(root, "align", *stage_args(data, root, "align"))
+    evaluate_stages(root, data / "data/tokenized", data / "models/base")
     return root
 
 
@@ -167,6 +168,7 @@ def test_kbit_pipeline_sft_reward_dpo_evaluate(wide_data, tmp_path, quantization
 def wide_sft(wide_data):
     """An SFT adapter (full precision) on the wide model, for DPO runs to start from."""
     run_stage(wide_data, "sft", *stage_args(wide_data, wide_data, "sft"))
+    reference_stage(wide_data)  # DPO's reference log-probs, full precision (these tests check no values)
     return wide_data / "models/sft"
 
 
@@ -204,6 +206,7 @@ def test_activation_checkpointing_is_on_exactly_when_asked(wide_data, wide_sft, 
     if stage == "sft":
         sft.run_sft(params, tokenized, base_dir, tmp_path / "out", tmp_path / "ck", tmp_path / "live")
     else:
-        dpo.run(params, tokenized, base_dir, wide_sft, tmp_path, tmp_path / "out", tmp_path / "ck", tmp_path / "live")
+        dpo.run(params, tokenized, base_dir, wide_sft, tmp_path, wide_data / "data/reference", tmp_path / "out",
+                tmp_path / "ck", tmp_path / "live")
     assert seen == [(on, on)]
     assert bool(recomputed) == on

@@ -122,7 +122,8 @@ def test_dpo_resumed_from_an_earlier_checkpoint_ends_the_same(tiny_trained, tmp_
 
     params = config.load(write_params(tmp_path / "params.yaml", {**TINY, "dpo.max_steps": 4}))
     params = dataclasses.replace(params, method="dpo")
-    inputs = [tiny_trained / name for name in ("data/tokenized", "models/base", "models/sft", "models/reward")]
+    inputs = [tiny_trained / name for name in ("data/tokenized", "models/base", "models/sft", "models/reward",
+                                               "data/reference")]
     checkpoints = tmp_path / "checkpoints"
 
     def run(out):

@@ -1,38 +1,55 @@
 """DPO (Rafailov et al., 2023) with TRL's DPOTrainer, and its loss variants through `dpo.loss_type` (sigmoid, ipo,
-hinge, ...). The policy is the SFT model plus a new LoRA adapter; with the adapter disabled the same weights are the
-reference, so no second copy is loaded."""
+hinge, ...). The policy is the SFT model plus a new LoRA adapter; the reference is the SFT model, whose log-probs of
+every pair the reference stage computed once (data/reference), so a policy step runs no reference forward."""
 from trl import DPOConfig, DPOTrainer
 
-from rlhf import base, policy, resuming, train
+from rlhf import base, policy, reference, resuming, train
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
     """TRL 1.16's DPOTrainer tokenizes text columns unconditionally. Our rows arrive tokenized once, by the tokenize
     stage, in exactly the columns its preparation produces (prompt_ids, chosen_ids, rejected_ids), and every row
-    fits max_length (train.load_split checks), so preparation is the identity here."""
+    fits max_length (train.load_split checks), so preparation is the identity here.
+
+    With precompute_ref_log_probs, DPOTrainer runs its own reference pass over the train and eval data when it is
+    built (and in evaluate() on a dataset passed to it), to add the columns ref_chosen_logps and ref_rejected_logps.
+    Our rows already carry them, from the reference stage, so that pass is skipped where they are present. (TRL
+    still hashes the model's weights when it is built, the cache key of that pass: unused here, see README.)"""
 
     def _prepare_dataset(self, dataset, *args, **kwargs):
         return dataset
 
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        if set(reference.COLUMNS) <= set(dataset.column_names):
+            return dataset
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
+
+def rows_with_reference(tokenized, reference_dir, split: str, max_length: int):
+    """A tokenized split with the reference stage's log-probs of each pair, checked to be for the same rows."""
+    rows = train.load_split(tokenized, split, max_length)
+    return reference.add_columns(rows, reference_dir, split).remove_columns("id")
+
+
+def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
     from transformers import set_seed
 
     set_seed(params.seed)
     section, lora, chosen = train.resolve(params, params.dpo, train.accelerator_memory_gb())
     print(f"dpo: settings after compute.preset: {chosen}")
 
-    # -- data: the tokenize stage's rows as they are
-    train_rows = train.load_split(tokenized, "train", section.max_length).remove_columns("id")
-    validation = train.load_split(tokenized, "validation", section.max_length).remove_columns("id")
+    # -- data: the tokenize stage's rows, with the reference stage's log-probs
+    train_rows = rows_with_reference(tokenized, reference_dir, "train", section.max_length)
+    validation = rows_with_reference(tokenized, reference_dir, "validation", section.max_length)
 
-    # -- model: SFT weights + new adapter; reference = adapter disabled
+    # -- model: SFT weights + new adapter
     model = policy.load_sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
+    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir, reference_dir],
                                    **resuming.align_sections(params, "dpo"))
     config = train.common_args(section, params, checkpoints, report_to)
     config["loss_type"] = [section.loss_type] if isinstance(section.loss_type, str) else section.loss_type
+    config["precompute_ref_log_probs"] = True  # read from the rows (see PretokenizedDPOTrainer)
     trainer = PretokenizedDPOTrainer(
         model=model, ref_model=None, args=DPOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
         processing_class=base.load_tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),

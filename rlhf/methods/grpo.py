@@ -39,7 +39,7 @@ def oracle_reward(task: str, tokenizer):
     return oracle
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
+def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
     from transformers import set_seed
 
     set_seed(params.seed)

@@ -1,6 +1,13 @@
 """KTO (Ethayarajh et al., 2024) with TRL's KTOTrainer. Each preference pair is unpaired into a desirable example
 (prompt, chosen) and an undesirable one (prompt, rejected). Starts from the SFT model with a new LoRA adapter; the
-reference is the same weights with the adapter disabled."""
+reference is the same weights with the adapter disabled.
+
+The reference runs in every step, not from the reference stage (data/reference), as DPO's does. KTO's reference
+terms are the matched log-probs (the same sequences as DPO's ref_chosen / ref_rejected) and the KL term's
+ref_KL_logps, of each answer after another row's prompt: the previous row of its batch after the seeded shuffle
+below (see PretokenizedKTOTrainer). Those pairs depend on `seed` and on the KTO batch size (`kto.*` and
+compute.preset), so they cannot come from a stage that must not depend on the method; and TRL's
+precompute_ref_log_probs reads both terms from the rows, with no way to precompute only the matched half."""
 from trl import KTOConfig, KTOTrainer
 
 from rlhf import base, policy, resuming, tokenize, train
@@ -27,7 +34,7 @@ def unpair(dataset):
     return dataset.map(tokenize.unpaired_columns, batched=True, remove_columns=columns)
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
+def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
     from transformers import set_seed
 
     set_seed(params.seed)

@@ -14,7 +14,7 @@ class PretokenizedORPOTrainer(ORPOTrainer):
         return tokenize.legacy_pair_columns(feature)
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
+def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
     from transformers import set_seed
 
     set_seed(params.seed)

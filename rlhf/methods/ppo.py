@@ -292,16 +292,11 @@ def load_checkpoint(folder: str, model, critic, value_head, optimizer) -> dict:
     return state
 
 
-def to_accelerator(model, cfg):
-    """`model` on the GPU if there is one (k-bit weights are put there when loaded)."""
-    return model.to("cuda") if torch.cuda.is_available() and cfg.quantization == "none" else model
-
-
 def policy_with_value_head(params, base_dir, sft_dir, lora):
     """The SFT model with a new LoRA adapter (seeded), in eval mode, and a zero-initialized value head."""
     from peft import get_peft_model
 
-    model = to_accelerator(policy.load_sft_merged(base_dir, sft_dir, params.model), params.model)
+    model = train.to_accelerator(policy.load_sft_merged(base_dir, sft_dir, params.model), params.model)
     torch.manual_seed(params.seed)  # the adapter's A matrices are drawn from it
     model = get_peft_model(model, train.lora_config(lora, "CAUSAL_LM"))
     model.eval()  # no dropout anywhere: it would make the ratio differ from 1 before any update
@@ -318,7 +313,7 @@ def critic_from_reward_model(params, base_dir, sft_dir, reward_dir, lora, stats:
     from peft import get_peft_model
 
     scorer, _ = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    scorer = to_accelerator(scorer.merge_and_unload(), params.model)
+    scorer = train.to_accelerator(scorer.merge_and_unload(), params.model)
     torch.manual_seed(params.seed + 1)  # its adapter's A matrices: not the policy's draw
     critic = get_peft_model(scorer.model, train.lora_config(dataclasses.replace(lora, modules_to_save=None), None))
     critic.eval()
@@ -348,7 +343,7 @@ def log(live, metrics: dict) -> None:
 
 # -- the loop -------------------------------------------------------------------------------------------------------
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live_dir):
+def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
     """Train; save the policy's LoRA adapter, the value head (and the separate critic's adapter) and the tokenizer
     into `out`; return (metrics of the last iteration plus `iterations` and `train_seconds`, the trained policy)."""
     from tqdm.auto import tqdm
@@ -366,7 +361,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, out, checkpoints, live
     # -- models: reward model (and its normalization); policy = SFT + new adapter (reference: adapter disabled);
     # the critic: a value head on the policy, or a separate model from the reward model
     scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    scorer = to_accelerator(scorer, params.model)
+    scorer = train.to_accelerator(scorer, params.model)
     model, value_head = policy_with_value_head(params, base_dir, sft_dir, lora)
     turn_end = base.end_of_turn(tokenizer)
     if section.reward_normalization == "sft_samples":
