@@ -219,3 +219,32 @@ def compare(params, data: dict, steps: int | dict, repeats: int, work: Path, bat
                                          "saving_share": round(1 - grouped / random, 3),
                                          "group_by_length_runs": runs["sft_trl_grouped"]}
     return result
+
+
+def main():
+    """`python -m bench.trainers [--steps 60] [--repeats 3]`: only the DPO figure, on this checkout's pipeline outputs
+    (run `dvc repro` first), into the `dpo_precomputed_reference` section of metrics/bench.json (others kept)."""
+    import argparse
+    import json
+
+    from rlhf import config
+    from rlhf.io import write_json
+
+    parser = argparse.ArgumentParser(description="DPO steps/s: precomputed reference (ours) against TRL on the fly.")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
+    args = parser.parse_args()
+    data = {"tokenized": Path("data/tokenized"), "base": Path("models/base"), "prepared": Path("data/prepared"),
+            "weights": Path("models/base"), "sft": Path("models/sft")}
+    with tempfile.TemporaryDirectory(prefix="rlhf-dpo-ref-") as work:
+        result = dpo_precomputed_reference(config.load(), data, args.steps, args.repeats, Path(work))
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report["dpo_precomputed_reference"] = {"steps": args.steps, "repeats": args.repeats, "device": machine.device(),
+                                           **result}
+    write_json(args.out, report)
+    print(json.dumps(report["dpo_precomputed_reference"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
