@@ -6,7 +6,6 @@ Canonical row (TRL's conversational preference format plus a stable id):
 Every row that does not make it is counted with its reason in the returned stats; nothing is dropped silently.
 """
 import csv
-import functools
 import gzip
 import hashlib
 import json
@@ -45,10 +44,10 @@ def _lines(items, origin: str, cfg: Data, seed: int, num_proc: int, batch_size: 
     total = sum(1 for _ in items()) if cfg.sample_ratio < 1 or cfg.max_rows else None
     fmt = detect_first(sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed), cfg, origin)
     selected = sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed)
-    work = functools.partial(normalize_batch, columns=cfg.columns, fmt=fmt)
     counts, examples, seen_ids, taken, fetched = Counter(), [], Counter(), 0, 0
     with tqdm(desc="fetch", unit="row", total=total, mininterval=2) as bar:
-        for results in stream.parallel_map(work, stream.batched(selected, batch_size), num_proc):
+        for results in stream.parallel_map(normalize_batch, stream.batched(selected, batch_size), num_proc,
+                                           columns=cfg.columns, fmt=fmt):
             bar.update(len(results))
             taken += len(results)  # one result per selected row
             for kind, number, *rest in results:

@@ -4,7 +4,6 @@ Train stays in a seeded random order: sorting it would break the i.i.d. batches 
 longest first, so each eval batch pads little and an out-of-memory error shows up at the first eval batch, not hours
 into a run.
 """
-import functools
 import hashlib
 import json
 import random
@@ -99,9 +98,8 @@ def prepare(rows_file: Path, out: Path, cfg: Prepare, seed: int, num_proc: int =
     from tqdm import tqdm
 
     index = stream.LineIndex(rows_file)
-    work = functools.partial(checks, cfg=cfg)
-    checked = (result for results in stream.parallel_map(work, stream.batched(index.scan(), batch_size), num_proc)
-               for result in results)
+    checked = (result for results in stream.parallel_map(checks, stream.batched(index.scan(), batch_size), num_proc,
+                                                         cfg=cfg) for result in results)
     kept, dropped = filter_rows(tqdm(checked, desc="prepare", unit="row", mininterval=2), cfg.drop_duplicates)
     train, validation = split(len(kept), cfg.validation_size, seed)
     keys = [longest_first(json.loads(line)) for line in index.read(kept[i] for i in validation)]

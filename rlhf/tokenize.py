@@ -13,7 +13,6 @@ Prompts are truncated from the left (the end of a conversation matters most), co
 `manifest.json` records each split's row count and a hash of its ids, so a training stage can assert that it trains on
 exactly these rows (recent TRL versions drop rows whose prompt fills `max_length` without saying so).
 """
-import functools
 import hashlib
 import json
 from collections import Counter
@@ -187,9 +186,15 @@ def tokenize_split(rows: list[dict], tokenizer, cfg: Tokenize) -> tuple[list[dic
     return out, counts
 
 
-def tokenize_lines(lines: list[tuple[int, str]], tokenizer, cfg: Tokenize) -> tuple[list[dict], Counter]:
-    """`tokenize_split` on a batch of (line number, JSON line) of canonical rows; runs in the worker processes."""
-    return tokenize_split([json.loads(line) for _, line in lines], tokenizer, cfg)
+def tokenize_lines(lines: list[tuple[int, str]], tokenizer, cfg: Tokenize) -> tuple:
+    """`tokenize_split` on a batch of (line number, JSON line) of canonical rows, in a worker process: the rows as an
+    Arrow table (the ids go back as a few buffers, not as Python ints pickled one by one), their ids and total
+    lengths, and the counts."""
+    import pyarrow as pa
+
+    examples, counts = tokenize_split([json.loads(line) for _, line in lines], tokenizer, cfg)
+    table = pa.Table.from_pylist(examples, schema=features().arrow_schema)
+    return table, [e["id"] for e in examples], [total_length(e) for e in examples], counts
 
 
 def write_split(rows_file: Path, folder: Path, tokenizer, cfg: Tokenize, longest_first: bool, num_proc: int = 1,
@@ -202,35 +207,38 @@ def write_split(rows_file: Path, folder: Path, tokenizer, cfg: Tokenize, longest
     from datasets.arrow_writer import ArrowWriter
     from tqdm import tqdm
 
-    work = functools.partial(tokenize_lines, tokenizer=tokenizer, cfg=cfg)
     counts, rows_in, lengths, ids = Counter(dict.fromkeys(COUNTS, 0)), 0, [], hashlib.sha256()
     folder.mkdir(parents=True)
     unsorted, unsorted_lengths = stream.LineIndex(folder.parent / f".{folder.name}-unsorted.jsonl"), []
     with ArrowWriter(features=features(), path=str(folder / ARROW_FILE)) as writer, \
             open(unsorted.path, "wb") as pending, tqdm(desc=f"tokenize {folder.name}", unit="row", mininterval=2) as bar:
 
-        def write(example):
-            ids.update(("\n" if lengths else "").encode() + example["id"].encode())
-            lengths.append(total_length(example))
-            writer.write(example)
+        def record(batch_ids, batch_lengths):  # the manifest's id hash: the ids joined by "\n"
+            for row_id, length in zip(batch_ids, batch_lengths):
+                ids.update((("\n" if lengths else "") + row_id).encode())
+                lengths.append(length)
 
-        for examples, batch_counts in stream.parallel_map(work, stream.batched(stream.lines(rows_file), batch_size),
-                                                          num_proc):
+        for table, batch_ids, batch_lengths, batch_counts in stream.parallel_map(
+                tokenize_lines, stream.batched(stream.lines(rows_file), batch_size), num_proc, tokenizer=tokenizer,
+                cfg=cfg):
             counts.update(batch_counts)
-            rows_in += sum(batch_counts[k] for k in COUNTS if k.startswith("dropped")) + len(examples)
-            bar.update(len(examples))
-            for example in examples:
-                if not longest_first:
-                    write(example)
-                    continue
+            rows_in += sum(batch_counts[k] for k in COUNTS if k.startswith("dropped")) + len(batch_ids)
+            bar.update(len(batch_ids))
+            if not longest_first:
+                record(batch_ids, batch_lengths)
+                writer.write_table(table)
+                continue
+            for example, length in zip(table.to_pylist(), batch_lengths):
                 unsorted.offsets.append(pending.tell())
-                unsorted_lengths.append(total_length(example))
+                unsorted_lengths.append(length)
                 pending.write(json.dumps(example).encode() + b"\n")
         pending.close()
         # longest first, ties in the order the rows came (a stable sort), as Python's sort(reverse=True) leaves them
         order = sorted(range(len(unsorted_lengths)), key=lambda i: -unsorted_lengths[i])
         for line in unsorted.read(order):
-            write(json.loads(line))
+            example = json.loads(line)
+            record([example["id"]], [total_length(example)])
+            writer.write(example)
         writer.finalize()
     unsorted.path.unlink()
     if not lengths:
