@@ -16,6 +16,8 @@ import yaml
 from rlhf import align, base, config, generation, policy, reward, scoring, train
 from rlhf.config import Model
 from rlhf.methods import ppo
+from rlhf.ppo import functional, rollouts
+from rlhf.ppo.critic import critic_from_reward_model, policy_with_value_head
 from conftest import REPO, TINY, run_stage, write_params
 
 # Two answers of 3 and 2 tokens; the second row's last column is padding.
@@ -39,7 +41,7 @@ def test_gae_hand_computed():
            t=0  delta = 0.5 + 0.5*2 - 1 = 0.5   A = 0.5 + 0.25*1      = 0.75
            returns = 1.75, 3; padding gives 0.
     """
-    advantages, returns = ppo.gae(REWARDS, VALUES, MASK, gamma=0.5, lam=0.5)
+    advantages, returns = functional.gae(REWARDS, VALUES, MASK, gamma=0.5, lam=0.5)
     torch.testing.assert_close(advantages, torch.tensor([[0.9375, -0.25, 1.0], [0.75, 1.0, 0.0]]))
     torch.testing.assert_close(returns, torch.tensor([[1.4375, 0.75, 2.0], [1.75, 3.0, 0.0]]))
 
@@ -48,7 +50,7 @@ def test_gae_lambda_one_is_discounted_return_minus_value():
     """lam = 1: A_t = sum_k gamma^k r_{t+k} - V_t. With gamma = 0.5:
     row 1: G = (1 + 0.5*0 + 0.25*2, 0 + 0.5*2, 2) = (1.5, 1, 2), A = G - V = (1, 0, 1)
     row 2: G = (0.5 + 0.5*3, 3) = (2, 3), A = (1, 1); returns = G."""
-    advantages, returns = ppo.gae(REWARDS, VALUES, MASK, gamma=0.5, lam=1.0)
+    advantages, returns = functional.gae(REWARDS, VALUES, MASK, gamma=0.5, lam=1.0)
     torch.testing.assert_close(advantages, torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]))
     torch.testing.assert_close(returns, torch.tensor([[1.5, 1.0, 2.0], [2.0, 3.0, 0.0]]))
 
@@ -56,13 +58,13 @@ def test_gae_lambda_one_is_discounted_return_minus_value():
 def test_gae_lambda_zero_is_one_step_td():
     """lam = 0: A_t = r_t + gamma V_{t+1} - V_t. With gamma = 0.5:
     row 1: (1 + 0.5 - 0.5, 0 + 0.5 - 1, 2 + 0 - 1) = (1, -0.5, 1); row 2: (0.5 + 1 - 1, 3 + 0 - 2) = (0.5, 1)."""
-    advantages, _ = ppo.gae(REWARDS, VALUES, MASK, gamma=0.5, lam=0.0)
+    advantages, _ = functional.gae(REWARDS, VALUES, MASK, gamma=0.5, lam=0.0)
     torch.testing.assert_close(advantages, torch.tensor([[1.0, -0.5, 1.0], [0.5, 1.0, 0.0]]))
 
 
 def test_gae_gamma_one_lambda_one_gives_reward_to_go():
     """gamma = lam = 1: returns are the plain sums of the rewards still to come (row 1: 3, 2, 2; row 2: 3.5, 3)."""
-    _, returns = ppo.gae(REWARDS, VALUES, MASK, gamma=1.0, lam=1.0)
+    _, returns = functional.gae(REWARDS, VALUES, MASK, gamma=1.0, lam=1.0)
     torch.testing.assert_close(returns, torch.tensor([[3.0, 2.0, 2.0], [3.5, 3.0, 0.0]]))
 
 
@@ -84,7 +86,7 @@ def test_policy_loss_hand_computed_with_clipping():
     old_logp = torch.zeros(2, 3)
     logp = torch.log(torch.tensor([[1.1, 1.5, 0.5], [0.5, 1.5, 100.0]])).requires_grad_()
     advantages = torch.tensor([[1.0, 2.0, -1.0], [1.0, -1.0, 5.0]])
-    loss, stats = ppo.policy_loss(logp, old_logp, advantages, MASK, clip_range=0.2)
+    loss, stats = functional.policy_loss(logp, old_logp, advantages, MASK, clip_range=0.2)
     assert loss.item() == pytest.approx(-0.34)
     assert stats["clip_fraction"].item() == pytest.approx(0.4)
     assert stats["ratio_mean"].item() == pytest.approx(1.02) and stats["ratio_max"].item() == pytest.approx(1.5)
@@ -95,7 +97,7 @@ def test_policy_loss_hand_computed_with_clipping():
 
 def test_policy_loss_at_ratio_one_is_minus_mean_advantage():
     advantages = torch.tensor([[1.0, 2.0, 3.0], [-4.0, 5.0, 6.0]])
-    loss, stats = ppo.policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), advantages, MASK, 0.2)
+    loss, stats = functional.policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), advantages, MASK, 0.2)
     assert loss.item() == pytest.approx(-(1 + 2 + 3 - 4 + 5) / 5) and stats["clip_fraction"].item() == 0
     assert stats["approx_kl"].item() == 0 and stats["ratio_mean"].item() == 1
 
@@ -105,7 +107,7 @@ def test_policy_loss_ignores_overflowing_padding():
     0 * inf = NaN would poison the mean and the gradient unless the log-ratio is masked before the exponential."""
     logp = torch.tensor([[0.1, 0.0, -0.1], [0.0, 0.0, 1000.0]], requires_grad=True)
     advantages = torch.tensor([[1.0, -1.0, 1.0], [1.0, 1.0, 0.0]])
-    loss, stats = ppo.policy_loss(logp, torch.zeros(2, 3), advantages, MASK, 0.2)
+    loss, stats = functional.policy_loss(logp, torch.zeros(2, 3), advantages, MASK, 0.2)
     loss.backward()
     assert math.isfinite(loss.item()) and torch.isfinite(logp.grad).all()
     assert all(math.isfinite(v.item()) for v in stats.values()) and stats["ratio_max"].item() < 2
@@ -124,7 +126,7 @@ def test_value_loss_hand_computed_with_clipping():
     old_values = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     returns = torch.tensor([[2.0, 2.0, 1.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    loss, clip_fraction = ppo.value_loss(values, old_values, returns, mask, 0.2)
+    loss, clip_fraction = functional.value_loss(values, old_values, returns, mask, 0.2)
     assert loss.item() == pytest.approx(0.3375) and clip_fraction.item() == pytest.approx(0.25)
 
 
@@ -134,7 +136,7 @@ def test_kl_penalty_rewards_hand_computed():
     row 2: logp - ref = (1, -2, pad)  -> (-0.1, 0.2 - 1, 0)   = (-0.1, -0.8, 0)"""
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -3.0, 0.0]])
     ref_logp = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, 5.0]])
-    rewards = ppo.kl_penalty_rewards(torch.tensor([2.0, -1.0]), logp, ref_logp, MASK, kl_coef=0.1)
+    rewards = functional.kl_penalty_rewards(torch.tensor([2.0, -1.0]), logp, ref_logp, MASK, kl_coef=0.1)
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.1, 2.0], [-0.1, -0.8, 0.0]]))
 
 
@@ -142,10 +144,10 @@ def test_adaptive_kl_coef_hand_computed():
     """Ziegler et al.: e = clip(KL / target - 1, -0.2, 0.2), beta <- beta (1 + e n / horizon); n = 64, horizon 640.
     KL 3, target 2: e = 0.5 -> 0.2, beta 0.1 * (1 + 0.02) = 0.102.  KL 1.8: e = -0.1, beta 0.1 * 0.99 = 0.099.
     KL 0: e = -1 -> -0.2, beta 0.098.  On target: unchanged."""
-    assert ppo.adaptive_kl_coef(0.1, 3.0, 2.0, 640, 64) == pytest.approx(0.102)
-    assert ppo.adaptive_kl_coef(0.1, 1.8, 2.0, 640, 64) == pytest.approx(0.099)
-    assert ppo.adaptive_kl_coef(0.1, 0.0, 2.0, 640, 64) == pytest.approx(0.098)
-    assert ppo.adaptive_kl_coef(0.1, 2.0, 2.0, 640, 64) == pytest.approx(0.1)
+    assert functional.adaptive_kl_coef(0.1, 3.0, 2.0, 640, 64) == pytest.approx(0.102)
+    assert functional.adaptive_kl_coef(0.1, 1.8, 2.0, 640, 64) == pytest.approx(0.099)
+    assert functional.adaptive_kl_coef(0.1, 0.0, 2.0, 640, 64) == pytest.approx(0.098)
+    assert functional.adaptive_kl_coef(0.1, 2.0, 2.0, 640, 64) == pytest.approx(0.1)
 
 
 def test_ppo_defaults_live_in_params_yaml():
@@ -161,12 +163,12 @@ def test_ppo_defaults_live_in_params_yaml():
 def test_masked_whiten_has_mean_zero_and_std_one_on_the_mask():
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)) * 3 + 5
     mask = (torch.arange(6)[None] < torch.tensor([[6], [2], [4], [1]])).float()
-    white = ppo.masked_whiten(x, mask)
+    white = functional.masked_whiten(x, mask)
     kept = white[mask.bool()]
     assert kept.mean().item() == pytest.approx(0, abs=1e-6)
     assert kept.std(unbiased=False).item() == pytest.approx(1, abs=1e-5)
     assert (white[~mask.bool()] == 0).all()
-    assert ppo.masked_mean(x, mask).item() == pytest.approx(x[mask.bool()].mean().item())
+    assert functional.masked_mean(x, mask).item() == pytest.approx(x[mask.bool()].mean().item())
 
 
 def test_explained_variance():
@@ -174,26 +176,26 @@ def test_explained_variance():
     1 - 0.1875 / 1.25 = 0.85."""
     returns = torch.tensor([[1.0, 2.0, 3.0, 4.0, 99.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
-    assert ppo.explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
-    assert ppo.explained_variance(torch.full_like(returns, 2.5), returns, mask).item() == pytest.approx(0.0)
+    assert functional.explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    assert functional.explained_variance(torch.full_like(returns, 2.5), returns, mask).item() == pytest.approx(0.0)
     values = torch.tensor([[1.0, 2.0, 3.0, 3.0, -7.0]])
-    assert ppo.explained_variance(values, returns, mask).item() == pytest.approx(0.85)
+    assert functional.explained_variance(values, returns, mask).item() == pytest.approx(0.85)
 
 
 def test_entropy_from_logits():
     """Uniform over 4: log 4. Logits (0, log 3): p = (1/4, 3/4), H = -(1/4 log 1/4 + 3/4 log 3/4)."""
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, math.log(3), -1e9, -1e9]])  # -1e9: probability 0
     expected = [math.log(4), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
-    assert ppo.entropy_from_logits(logits).tolist() == pytest.approx(expected)
+    assert functional.entropy_from_logits(logits).tolist() == pytest.approx(expected)
 
 
 def test_rollout_tensors_line_answers_up():
     """Prompt (5, 6, 7) + answer (8, 9): logits at position 2 predict the answer's first token, 8."""
-    batch = ppo.rollout_tensors([[5, 6, 7], [5]], [[8, 9], [10, 11, 12]], pad_id=0)
-    assert batch["ids"].tolist() == [[5, 6, 7, 8, 9], [5, 10, 11, 12, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
-    assert batch["starts"].tolist() == [2, 0]
-    assert batch["mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    batch = rollouts.rollout_tensors([[5, 6, 7], [5]], [[8, 9], [10, 11, 12]], pad_id=0)
+    assert batch.ids.tolist() == [[5, 6, 7, 8, 9], [5, 10, 11, 12, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert batch.starts.tolist() == [2, 0]
+    assert batch.mask.tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
 class LastTokenScorer(torch.nn.Module):
@@ -225,7 +227,7 @@ def tiny_policy(root, **overrides):
     params = config.load(root / "params.yaml")
     params = dataclasses.replace(params, ppo=dataclasses.replace(params.ppo, **(SMOKE | overrides)))
     _, lora, _ = train.resolve(params, params.sft, None)
-    model, value_head = ppo.policy_with_value_head(params, root / "models/base", root / "models/sft", lora)
+    model, value_head = policy_with_value_head(params, root / "models/base", root / "models/sft", lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + list(value_head.parameters()),
                                   lr=params.ppo.learning_rate, weight_decay=0.0)
     prompts = train.load_split(root / "data/tokenized", "train", 10**9)["prompt_ids"]
@@ -251,7 +253,7 @@ def zero_reward(prompts, answers):
 
 
 def clipped_surrogate(logp, old_logp, advantages, mask, clip_range):
-    """E_t[min(rho A, clip(rho) A)], written out here apart from ppo.policy_loss, so a sign error there shows."""
+    """E_t[min(rho A, clip(rho) A)], written out here apart from functional.policy_loss, so a sign error there shows."""
     ratio = torch.exp((logp - old_logp) * mask)
     surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * advantages)
     return ((surrogate * mask).sum() / mask.sum()).item()
@@ -264,15 +266,15 @@ def test_one_update_raises_the_clipped_surrogate_on_its_own_batch(tiny_trained):
     params, tokenizer, prompts, model, value_head, optimizer = tiny_policy(tiny_trained, ppo_epochs=1,
                                                                            learning_rate=1e-3)
     section = params.ppo
-    experience, _ = ppo.rollout(model, None, value_head, token_reward, tokenizer, prompts[:16], section,
-                                section.kl_coef, seed=1)
-    args = (experience["advantages"], experience["mask"], section.clip_range)
-    assert clipped_surrogate(experience["logp"], experience["logp"], *args) == pytest.approx(0, abs=1e-6)
+    experience, _ = rollouts.rollout(model, None, value_head, token_reward, tokenizer, prompts[:16], section,
+                                     section.kl_coef, seed=1)
+    args = (experience.advantages, experience.mask, section.clip_range)
+    assert clipped_surrogate(experience.logp, experience.logp, *args) == pytest.approx(0, abs=1e-6)
     ppo.update(model, None, value_head, optimizer, experience, section, seed=1)
     with torch.no_grad():
-        logp, _, _ = ppo.token_stats(model, None, experience["ids"], experience["attention_mask"],
-                                     experience["starts"], experience["mask"].shape[1], section.temperature)
-    assert clipped_surrogate(logp, experience["logp"], *args) > 0.01
+        logp, _, _ = rollouts.token_stats(model, None, experience.ids, experience.attention_mask,
+                                          experience.starts, experience.mask.shape[1], section.temperature)
+    assert clipped_surrogate(logp, experience.logp, *args) > 0.01
 
 
 def test_kl_penalty_pulls_the_policy_back_to_the_reference(tiny_trained):
@@ -288,10 +290,10 @@ def test_kl_penalty_pulls_the_policy_back_to_the_reference(tiny_trained):
     kls = []
     for iteration in range(1, 6):
         batch = prompts[(iteration - 1) * 8: iteration * 8]
-        experience, metrics = ppo.rollout(model, None, value_head, zero_reward, tokenizer, batch, params.ppo,
-                                          kl_coef=1.0, seed=iteration)
+        experience, metrics = rollouts.rollout(model, None, value_head, zero_reward, tokenizer, batch, params.ppo,
+                                               kl_coef=1.0, seed=iteration)
         ppo.update(model, None, value_head, optimizer, experience, params.ppo, seed=iteration)
-        kls.append(metrics["kl"])
+        kls.append(metrics.kl)
     assert kls[0] > 1 and kls[-1] < 0.5 * kls[0], kls
 
 
@@ -311,15 +313,15 @@ def test_old_logprobs_are_the_samplers(tiny_trained):
         return out.sequences
 
     inner.generate = recording_generate
-    experience, _ = ppo.rollout(model, None, value_head, zero_reward, tokenizer, prompts[:8], params.ppo,
-                                params.ppo.kl_coef, seed=3)
-    width = experience["mask"].shape[1]
+    experience, _ = rollouts.rollout(model, None, value_head, zero_reward, tokenizer, prompts[:8], params.ppo,
+                                     params.ppo.kl_coef, seed=3)
+    width = experience.mask.shape[1]
     new_tokens = sampled["sequences"][:, -len(sampled["scores"]):][:, :width]
     scores = torch.stack(sampled["scores"], 1)[:, :width].float()
     sampler_logp = torch.log_softmax(scores, -1).gather(-1, new_tokens[..., None]).squeeze(-1)
-    mask = experience["mask"].bool()
+    mask = experience.mask.bool()
     assert mask.sum() > 8
-    torch.testing.assert_close(experience["logp"][mask], sampler_logp[mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(experience.logp[mask], sampler_logp[mask], atol=1e-4, rtol=1e-4)
 
 
 def test_missing_eos_penalty_lowers_cut_off_answers_only(tiny_trained):
@@ -327,13 +329,13 @@ def test_missing_eos_penalty_lowers_cut_off_answers_only(tiny_trained):
     zero reward, no KL penalty, values 0 and no whitening, each answer's first return is its penalized score."""
     params, tokenizer, prompts, model, value_head, _ = tiny_policy(tiny_trained, missing_eos_penalty=2.0,
                                                                    whiten_advantages=False, lam=1.0)
-    experience, metrics = ppo.rollout(model, None, value_head, zero_reward, tokenizer, prompts[:16], params.ppo,
-                                      kl_coef=0.0, seed=5)  # 4 of these 16 answers end within 8 tokens
-    last = experience["ids"].gather(1, experience["attention_mask"].sum(1, keepdim=True) - 1).squeeze(1)
+    experience, metrics = rollouts.rollout(model, None, value_head, zero_reward, tokenizer, prompts[:16], params.ppo,
+                                           kl_coef=0.0, seed=5)  # 4 of these 16 answers end within 8 tokens
+    last = experience.ids.gather(1, experience.attention_mask.sum(1, keepdim=True) - 1).squeeze(1)
     ended = last == tokenizer.eos_token_id
-    assert 0 < metrics["ended_fraction"] < 1 and metrics["ended_fraction"] == pytest.approx(ended.float().mean())
-    torch.testing.assert_close(experience["returns"][:, 0], torch.where(ended, 0.0, -2.0))
-    assert metrics["score_normalized"] == pytest.approx(-2.0 * (1 - metrics["ended_fraction"]))
+    assert 0 < metrics.ended_fraction < 1 and metrics.ended_fraction == pytest.approx(ended.float().mean())
+    torch.testing.assert_close(experience.returns[:, 0], torch.where(ended, 0.0, -2.0))
+    assert metrics.score_normalized == pytest.approx(-2.0 * (1 - metrics.ended_fraction))
 
 
 def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
@@ -344,11 +346,11 @@ def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
     params = config.load(root / "params.yaml")
     _, lora, _ = train.resolve(params, params.sft, None)
     stats = {"score_mean": 0.3, "score_std": 2.0}
-    critic, head = ppo.critic_from_reward_model(params, root / "models/base", root / "models/sft",
-                                                root / "models/reward", lora, stats)
+    critic, head = critic_from_reward_model(params, root / "models/base", root / "models/sft",
+                                            root / "models/reward", lora, stats)
     ids = torch.tensor([[5, 17, 23, 42, 7, 99, 3]])
     with torch.no_grad():
-        values = ppo.critic_values(critic, head, ids, torch.ones_like(ids), torch.tensor([2]), 4)
+        values = rollouts.critic_values(critic, head, ids, torch.ones_like(ids), torch.tensor([2]), 4)
     scorer, _ = reward.load_reward_model(root / "models/base", root / "models/sft", root / "models/reward",
                                          params.model)
     prefixes = [ids[0, : p + 1].tolist() for p in range(2, 6)]  # the state before answer token t sees ids[: t + 1]
@@ -356,14 +358,14 @@ def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
     torch.testing.assert_close(values[0], expected, atol=1e-4, rtol=1e-4)
 
 
-def train_iterations(root, iterations: int, reward_fn, **overrides) -> list[dict]:
+def train_iterations(root, iterations: int, reward_fn, **overrides) -> list[rollouts.RolloutStats]:
     """Rollout and update `iterations` times on the tiny model; each iteration's rollout metrics (fresh samples)."""
     params, tokenizer, prompts, model, value_head, optimizer = tiny_policy(root, **overrides)
     history = []
     for iteration in range(1, iterations + 1):
         batch = prompts[(iteration - 1) * 8: iteration * 8]
-        experience, metrics = ppo.rollout(model, None, value_head, reward_fn, tokenizer, batch, params.ppo,
-                                          params.ppo.kl_coef, seed=iteration)
+        experience, metrics = rollouts.rollout(model, None, value_head, reward_fn, tokenizer, batch, params.ppo,
+                                               params.ppo.kl_coef, seed=iteration)
         ppo.update(model, None, value_head, optimizer, experience, params.ppo, seed=iteration)
         history.append(metrics)
     return history
@@ -374,7 +376,7 @@ def test_training_raises_the_score_of_fresh_samples(tiny_trained):
     """Ten iterations raise the mean reward of fresh samples well above the first rollout's. The reward is one the
     tiny model's answers differ in (their mean token id; the oracle scores nearly all of them 0). Catches a flipped
     policy-gradient sign (the score then falls) and a learning loop that does not learn at all."""
-    scores = [m["score"] for m in train_iterations(tiny_trained, 10, token_reward, kl_coef=0.0)]
+    scores = [m.score for m in train_iterations(tiny_trained, 10, token_reward, kl_coef=0.0)]
     assert sum(scores[-3:]) / 3 > scores[0] + 0.3, scores
 
 
@@ -385,7 +387,7 @@ def test_higher_kl_coef_gives_lower_kl(tiny_trained):
     last = {}
     for kl_coef in (0.0, 1.0):
         history = train_iterations(tiny_trained, 8, token_reward, kl_coef=kl_coef)
-        last[kl_coef] = sum(m["kl"] for m in history[-3:]) / 3
+        last[kl_coef] = sum(m.kl for m in history[-3:]) / 3
     assert last[1.0] < 0.5 * last[0.0], last
 
 
@@ -448,9 +450,9 @@ def test_reference_is_the_sft_model(smoke):
     args = (ids, attention_mask, torch.tensor([2]), 4, 1.0)
     with torch.no_grad():
         with model.disable_adapter():
-            ref_logp, _, _ = ppo.token_stats(model, None, *args)
-        sft_logp, _, _ = ppo.token_stats(sft_model, None, *args)
-        policy_logp, _, _ = ppo.token_stats(model, None, *args)
+            ref_logp, _, _ = rollouts.token_stats(model, None, *args)
+        sft_logp, _, _ = rollouts.token_stats(sft_model, None, *args)
+        policy_logp, _, _ = rollouts.token_stats(model, None, *args)
     torch.testing.assert_close(ref_logp, sft_logp)
     assert not torch.allclose(policy_logp, sft_logp)
 
