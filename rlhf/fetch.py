@@ -125,8 +125,8 @@ def data_files(folder: Path) -> list[Path]:
     for p in files:
         by_reader.setdefault(READERS[_suffix(p)], []).append(p.relative_to(folder).as_posix())
     if len(by_reader) > 1:
-        listed = "; ".join(f"{reader}: {', '.join(names[:5])}" + (f" and {len(names) - 5} more" if len(names) > 5
-                                                                  else "") for reader, names in sorted(by_reader.items()))
+        listed = "; ".join(f"{reader}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                           for reader, names in sorted(by_reader.items()))
         raise DataError(f"data.source = {str(folder)!r} holds data files of more than one type ({listed}). The "
                         "datasets library reads a folder with one reader and would ignore the files of the other "
                         "types. Keep one type in the folder (convert or move the others), or point data.source at "
@@ -141,17 +141,20 @@ def read_file(path: Path, split: str):
     suffix = _suffix(path)
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown file type; supported: {', '.join(SUFFIXES)} (optionally .gz).")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        rows = (row for batch in pq.ParquetFile(path).iter_batches(batch_size=1000) for row in batch.to_pylist())
-        yield from enumerate(rows, 1)
-    elif suffix == ".csv":
-        yield from csv_rows(path)
-    elif suffix == ".json" and (rows := json_document(path, split)) is not None:
-        yield from enumerate(rows, 1)
-    else:
-        yield from json_lines(path)  # parsed by the workers
+            rows = (row for batch in pq.ParquetFile(path).iter_batches(batch_size=1000) for row in batch.to_pylist())
+            yield from enumerate(rows, 1)
+        elif suffix == ".csv":
+            yield from csv_rows(path)
+        elif suffix == ".json" and (rows := json_document(path, split)) is not None:
+            yield from enumerate(rows, 1)
+        else:
+            yield from json_lines(path)  # parsed by the workers
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err}). Check that the file is readable.") from None
 
 
 def physical_lines(path: Path):
@@ -164,9 +167,9 @@ def physical_lines(path: Path):
                 yield offset, line
                 number, offset = number + 1, offset + len(line)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: the compressed data ends early, after line {number} ({offset} bytes uncompressed), "
-                        f"or is corrupt ({err}). This is the usual result of an interrupted download: download or "
-                        "compress the file again (`gzip -t` checks it).") from None
+        raise DataError(f"{path}: the compressed data is cut off or corrupt after line {number} ({offset} bytes "
+                        f"uncompressed): {err}. An interrupted download is the usual cause: download or compress the "
+                        "file again (`gzip -t` checks it).") from None
 
 
 def json_lines(path: Path):

@@ -63,8 +63,8 @@ def test_truncated_gzip_names_the_file_and_how_far_it_was_read(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(data[:len(data) // 2])
     for on_bad_rows in ("error", "skip"):  # nothing after the cut can be read, so skip cannot help
-        with pytest.raises(DataError, match=rf"{name}: the compressed data ends early, after line \d+ \(\d+ bytes "
-                                            r"uncompressed\).*interrupted download"):
+        with pytest.raises(DataError, match=rf"{name}: the compressed data is cut off or corrupt after line \d+ "
+                                            r"\(\d+ bytes uncompressed\).*interrupted download"):
             fetched(Data(source=str(path), on_bad_rows=on_bad_rows))
 
 
@@ -122,10 +122,11 @@ def test_json_object_of_splits_is_read_by_data_split(tmp_path):
 
 def test_renamed_duplicate_ids_stay_unique_and_are_counted(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_bytes(jsonl([{**ROWS[i], "id": x} for i, x in enumerate(["a", "b", "a", "a#2", "a"])]))
+    given = ["a", "b", "a", "a#2", "a", "c", "c#2", "c"]
+    path.write_bytes(jsonl([{**ROWS[i % 6], "id": x} for i, x in enumerate(given)]))
     rows, stats = fetched(Data(source=str(path)))
-    assert [r["id"] for r in rows] == ["a", "b", "a#2", "a#2#2", "a#3"]
-    assert stats["renamed_duplicate_ids"] == 3
+    assert [r["id"] for r in rows] == ["a", "b", "a#2", "a#2#2", "a#3", "c", "c#2", "c#3"]
+    assert stats["renamed_duplicate_ids"] == 4
 
 
 @pytest.mark.parametrize("name", ["d.csv", "d.csv.gz"])
