@@ -252,7 +252,8 @@ def json_document(path: Path, split: str) -> list | None:
         offset = bom + err.start
         line = raw.count(b"\n", 0, offset) + 1
         raise DataError(f"{path}: invalid UTF-8 at byte offset {offset} of the file (line {line}). One JSON "
-                        "document cannot lose a row, so fix the file (`iconv -f <its encoding> -t utf-8` converts a file in another encoding).") from None
+                        "document cannot lose a row, so fix the file (`iconv -f <its encoding> -t utf-8` converts a "
+                        "file in another encoding).") from None
     except json.JSONDecodeError:
         return None
     if isinstance(data, dict):
