@@ -58,7 +58,8 @@ def test_folder_of_mixed_file_types_is_refused_naming_the_files(tmp_path):
 @pytest.mark.parametrize("name", ["d.jsonl.gz", "d.csv.gz", "d.json.gz"])
 def test_truncated_gzip_names_the_file_and_how_far_it_was_read(tmp_path, name):
     """An interrupted download: the gzip stream ends early (EOFError) or in the middle of a block."""
-    raw = {"d.jsonl.gz": jsonl(ROWS * 200), "d.csv.gz": CSV.encode() * 200, "d.json.gz": json.dumps(ROWS * 200).encode()}
+    raw = {"d.jsonl.gz": jsonl(ROWS * 200), "d.csv.gz": CSV.encode() * 200,
+           "d.json.gz": json.dumps(ROWS * 200).encode()}
     data = gzip.compress(raw[name])
     path = tmp_path / name
     path.write_bytes(data[:len(data) // 2])
