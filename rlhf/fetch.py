@@ -5,11 +5,13 @@ Canonical row (TRL's conversational preference format plus a stable id):
 
 Every row that does not make it is counted with its reason in the returned stats; nothing is dropped silently.
 """
+import codecs
 import csv
 import gzip
 import hashlib
 import json
 import random
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from rlhf.config import Data
 from rlhf.io import UserError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+READERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets' reader per type
 MAX_EXAMPLES = 5  # bad-row messages kept in the stats, so a `skip` run still shows what was wrong
 
 
@@ -44,7 +47,8 @@ def _lines(items, origin: str, cfg: Data, seed: int, num_proc: int, batch_size: 
     total = sum(1 for _ in items()) if cfg.sample_ratio < 1 or cfg.max_rows else None
     fmt = detect_first(sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed), cfg, origin)
     selected = sample(items(), total, cfg.sample_ratio, cfg.max_rows, seed)
-    counts, examples, seen_ids, taken, fetched = Counter(), [], Counter(), 0, 0
+    counts, examples, taken, fetched = Counter(), [], 0, 0
+    used_ids, next_suffix = set(), {}
     with tqdm(desc="fetch", unit="row", total=total, mininterval=2) as bar:
         for results in stream.parallel_map(normalize_batch, stream.batched(selected, batch_size), num_proc,
                                            columns=cfg.columns, fmt=fmt):
@@ -63,9 +67,14 @@ def _lines(items, origin: str, cfg: Data, seed: int, num_proc: int, batch_size: 
                     if len(examples) < MAX_EXAMPLES:
                         examples.append(message)
                     continue
-                base_id, tail = rest
-                seen_ids[base_id] += 1
-                row_id = base_id if seen_ids[base_id] == 1 else f"{base_id}#{seen_ids[base_id]}"
+                row_id, tail = rest
+                if row_id in used_ids:  # a duplicate: the first free "<id>#<n>", n from 2 (the id may hold '#')
+                    n = next_suffix.get(row_id, 2)
+                    while f"{row_id}#{n}" in used_ids:
+                        n += 1
+                    next_suffix[row_id], row_id = n + 1, f"{row_id}#{n}"
+                    counts["renamed_duplicate_ids"] += 1
+                used_ids.add(row_id)
                 fetched += 1
                 yield '{"id": ' + json.dumps(row_id, ensure_ascii=False) + ", " + tail
     stats["rows_read"] = taken if total is None else total
@@ -91,11 +100,11 @@ def load_raw(cfg: Data, seed: int):
         return lambda: enumerate(rows, 1), source, {"kind": "builtin"}
     path = Path(source).expanduser()
     if path.is_file():
-        return lambda: read_file(path), str(path), {"kind": "file", "sha256": sha256(path)}
+        return lambda: read_file(path, cfg.split), str(path), {"kind": "file", "sha256": sha256(path)}
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in SUFFIXES)
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return _from_datasets(cfg, load_from_disk=True)
+        files = data_files(path)
         if not files:
             raise DataError(f"data.source = {source!r} is a folder with no data files ({', '.join(SUFFIXES)}, "
                             "optionally .gz) and no saved dataset in it. Point it at a file or a dataset folder.")
@@ -106,9 +115,29 @@ def load_raw(cfg: Data, seed: int):
     return _from_datasets(cfg)
 
 
-def read_file(path: Path):
+def data_files(folder: Path) -> list[Path]:
+    """The data files in `folder` that `datasets` sees (it skips hidden files and folders, and folders named __*).
+    `datasets` reads a folder with one reader, chosen by the most common file type, and ignores the other files
+    without a word: a folder of several types is refused here, naming them, rather than read in part."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and _suffix(p) in SUFFIXES and not any(
+        part.startswith(".") or (part.startswith("__") and part != p.name) for part in p.relative_to(folder).parts))
+    by_reader = {}
+    for p in files:
+        by_reader.setdefault(READERS[_suffix(p)], []).append(p.relative_to(folder).as_posix())
+    if len(by_reader) > 1:
+        listed = "; ".join(f"{reader}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                           for reader, names in sorted(by_reader.items()))
+        raise DataError(f"data.source = {str(folder)!r} holds data files of more than one type ({listed}). The "
+                        "datasets library reads a folder with one reader and would ignore the files of the other "
+                        "types. Keep one type in the folder (convert or move the others), or point data.source at "
+                        "one file.")
+    return files
+
+
+def read_file(path: Path, split: str):
     """(1-based row or line number, raw row) of a jsonl/json/csv/parquet file (gzip allowed), streamed where the file
-    type allows it (jsonl, csv, parquet); a whole-file .json array is read at once."""
+    type allows it (jsonl, csv, parquet); a whole-file .json document is read at once. A raw row that cannot be
+    decoded is a RowError, so that data.on_bad_rows decides what happens to it."""
     suffix = _suffix(path)
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown file type; supported: {', '.join(SUFFIXES)} (optionally .gz).")
@@ -118,27 +147,128 @@ def read_file(path: Path):
 
             rows = (row for batch in pq.ParquetFile(path).iter_batches(batch_size=1000) for row in batch.to_pylist())
             yield from enumerate(rows, 1)
-            return
-        opener = gzip.open if path.suffix == ".gz" else open
-        if suffix == ".csv":
-            with opener(path, "rt", encoding="utf-8") as f:
-                yield from enumerate(csv.DictReader(f), 1)
-            return
-        if suffix == ".json":
-            with opener(path, "rt", encoding="utf-8") as f:
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError:
-                    data = None  # maybe JSON lines under a .json name
-            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-                data = next(iter(data.values()))  # {"data": [...]}
-            if isinstance(data, list):
-                yield from enumerate(data, 1)
-                return
-        yield from stream.lines(path)  # JSON lines, parsed by the workers
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot be read ({err}). Check that it is a UTF-8 text file, gzipped if it ends "
-                        "in .gz.") from None
+        elif suffix == ".csv":
+            yield from csv_rows(path)
+        elif suffix == ".json" and (rows := json_document(path, split)) is not None:
+            yield from enumerate(rows, 1)
+        else:
+            yield from json_lines(path)  # parsed by the workers
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err}). Check that the file is readable.") from None
+
+
+def physical_lines(path: Path):
+    """(byte offset, line as bytes with its b'\\n') of a file, gunzipped if its name ends in .gz. A cut-off or corrupt
+    gzip stream, the usual result of an interrupted download, is a DataError saying how far it was read."""
+    number = offset = 0
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            for line in f:
+                yield offset, line
+                number, offset = number + 1, offset + len(line)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: the compressed data is cut off or corrupt after line {number} ({offset} bytes "
+                        f"uncompressed): {err}. An interrupted download is the usual cause: download or compress the "
+                        "file again (`gzip -t` checks it).") from None
+
+
+def json_lines(path: Path):
+    """(line number, line) of every line that is not blank; a line that is not UTF-8 comes as a RowError naming its
+    byte offset. Lines end at '\\n', '\\r\\n' or '\\r' only (str.splitlines would also split inside a JSON string
+    holding U+2028); a leading UTF-8 byte order mark is dropped, as utf-8-sig does."""
+    number = 0
+    for offset, line in physical_lines(path):
+        body = line[:-2] if line.endswith(b"\r\n") else line.removesuffix(b"\n")
+        for part in body.split(b"\r"):  # raw CR cannot occur inside a JSON string: here it ends a line
+            number += 1
+            if number == 1 and part.startswith(codecs.BOM_UTF8):
+                part, offset = part[3:], offset + 3
+            try:
+                text = part.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, invalid_utf8(offset + err.start, number)
+            else:
+                if text.strip():
+                    yield number, text
+            offset += len(part) + 1
+
+
+def csv_rows(path: Path):
+    """(row number, row as a dict by the header's names) of a CSV file; a row with more or fewer fields than the
+    header, or with bytes that are not UTF-8, comes as a RowError naming its line. Fields keep their bytes: a CRLF
+    inside a quoted field stays CRLF (the csv module's newline='' contract)."""
+    bad = {}  # line number -> byte offset of its first byte that is not UTF-8
+
+    def text():
+        for number, (offset, line) in enumerate(physical_lines(path), 1):
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line, offset = line[3:], offset + 3
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad[number] = offset + err.start
+                yield line.decode("utf-8", errors="replace")  # parse on, so skip can drop just this row
+
+    reader = csv.reader(text())
+    try:
+        header, end, number = next(reader, None), reader.line_num, 0
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not record:  # a blank line, as csv.DictReader skips it
+                continue
+            number += 1
+            offsets = [bad.pop(n) for n in range(start, end + 1) if n in bad]
+            if offsets:
+                yield number, invalid_utf8(offsets[0], start)
+            elif len(record) != len(header):
+                yield number, formats.RowError("csv", f"line {start} has {len(record)} fields, the header has "
+                                                      f"{len(header)} ({', '.join(header)}); a value that holds a "
+                                                      "comma must be in double quotes")
+            else:
+                yield number, dict(zip(header, record))
+    except csv.Error as err:
+        raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({err}). Fix the file, or convert it to "
+                        ".jsonl.") from None
+
+
+def invalid_utf8(offset: int, line: int) -> formats.RowError:
+    return formats.RowError("utf-8", f"invalid UTF-8 at byte offset {offset} of the file (line {line}); "
+                                     "`iconv -f <its encoding> -t utf-8` converts a file in another encoding")
+
+
+def json_document(path: Path, split: str) -> list | None:
+    """The rows of a .json file holding one JSON document: a list of rows, or an object of splits read by
+    `data.split` (a single key holding a list, as {"data": [...]}, is read too). None when the file is not one
+    JSON document (JSON lines under a .json name, say)."""
+    raw = b"".join(line for _, line in physical_lines(path))
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        data = json.loads(raw[bom:].decode("utf-8"))
+    except UnicodeDecodeError as err:
+        try:
+            json.loads(raw[bom:].decode("utf-8", errors="replace"))
+        except json.JSONDecodeError:
+            return None  # JSON lines: reported line by line
+        offset = bom + err.start
+        line = raw.count(b"\n", 0, offset) + 1
+        raise DataError(f"{path}: invalid UTF-8 at byte offset {offset} of the file (line {line}). One JSON "
+                        "document cannot lose a row, so fix the file (`iconv -f <its encoding> -t utf-8` converts a "
+                        "file in another encoding).") from None
+    except json.JSONDecodeError:
+        return None
+    if isinstance(data, dict):
+        if split in data:
+            data = data[split]
+        elif len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))
+        else:
+            raise DataError(f"{path}: the top level is a JSON object with keys {list(data)[:10]}, none of them "
+                            f"data.split = {split!r}. Give a list of rows ([{{...}}, ...]), an object of splits "
+                            f"({{\"train\": [...], \"test\": [...]}}) read by data.split, or JSON lines (one row "
+                            "per line, in a .jsonl file).")
+    if not isinstance(data, list):
+        raise DataError(f"{path}: the top level is a JSON {type(data).__name__}, not a list of rows.")
+    return data
 
 
 def _parse_line(line: str) -> dict | Exception:
@@ -224,9 +354,28 @@ def normalize_batch(items: list, columns: dict[str, str], fmt: str | None) -> li
         if canonical is None:
             out.append(("tie", number))
             continue
+        row_id = f"row-{number}" if row.get("id") in (None, "") else str(row["id"])  # null or empty: no id
         tail = json.dumps(canonical, ensure_ascii=False)[1:]  # the row's JSON line is {"id": ..., <tail>
-        out.append(("row", number, str(row.get("id", f"row-{number}")), tail))
+        if not utf8(row_id + tail):  # JSON allows a lone surrogate escape; rows.jsonl, being UTF-8, cannot hold it
+            out.append(("bad", number, surrogate_field({"id": row_id, **canonical}),
+                        "holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a pair), which UTF-8 "
+                        "cannot encode"))
+            continue
+        out.append(("row", number, row_id, tail))
     return out
+
+
+def utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def surrogate_field(row: dict) -> str:
+    """The first field of a row that holds a lone surrogate."""
+    return next(k for k, v in row.items() if not utf8(json.dumps(v, ensure_ascii=False)))
 
 
 def rename(row: dict, columns: dict[str, str]) -> dict | formats.RowError:

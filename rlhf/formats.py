@@ -40,6 +40,9 @@ class RowError(ValueError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self):  # a row that cannot be decoded reaches the worker processes as a RowError
+        return RowError, (self.field, str(self))
+
 
 def detect_format(row: dict) -> str:
     """Name of the format of this (first) row, one of FORMATS, decided from its keys and value types."""
