@@ -15,10 +15,32 @@ import tempfile
 from pathlib import Path
 
 
-def clear_stale(path: Path) -> None:
-    """Delete the temporary siblings of `path` that a killed run left behind."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def temp_prefix(path: Path, owner: int | None = None) -> str:
+    """The name of a temporary sibling of `path` starts with this: it carries the pid of the process that owns it
+    (this one by default), so that a later run can tell a dead run's leftovers from a live run's folder."""
+    return f".{path.name}.tmp-{owner or os.getpid()}-"
+
+
+def clear_stale(folder: Path) -> None:
+    """Delete the temporary outputs in `folder` whose owning process is gone (a stage killed by SIGKILL or the OOM
+    killer runs no cleanup). Every stage that writes into `folder` sweeps all of them, not only its own: DVC restores
+    an unchanged stage's output from its run cache without running it, so that stage would never clean up after
+    itself. A folder whose owner is alive, or one with no pid in its name (not ours), is left alone."""
+    for stale in folder.glob(".*.tmp-*"):
+        owner = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -26,8 +48,8 @@ def atomic_dir(path: str | Path):
     """Yield a fresh temporary directory that replaces `path` only if the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clear_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clear_stale(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -41,7 +63,7 @@ def write_json(path: str | Path, obj) -> None:
     """Write `obj` as indented JSON, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(temp_prefix(path) + "json")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=plain) + "\n")
     os.replace(tmp, path)
 
@@ -80,12 +102,16 @@ class UserError(Exception):
 
 
 def run(main) -> None:
-    """Run a stage's main(), turning a UserError into a one-paragraph message and exit status 1."""
+    """Run a stage's main(), turning a UserError into a one-paragraph message and exit status 1, and Ctrl-C into one
+    line and the shell's status for it (130). Outputs are written atomically, so an interrupted stage leaves none."""
     try:
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): no output was written.", file=sys.stderr)
+        sys.exit(130)
 
 
 def provenance(**params) -> dict:
