@@ -122,3 +122,47 @@ def provenance(**params) -> dict:
     packages = ("torch", "transformers", "trl", "peft", "datasets", "tokenizers", "accelerate", "dvc")
     versions = {name: md.version(name) for name in packages}
     return {"params": params, "python": platform.python_version(), "versions": versions}
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name`, which names no existing file or folder, was meant as a local path rather than a hub id. A hub
+    id is `owner/name`, one slash (a legacy id without an owner, such as `gpt2`, must be written with it:
+    `openai-community/gpt2`). So a name without a slash, one starting with `.`, `/` or `~`, or one whose parent
+    folder exists here (`data/mine`) is a mistyped local path, reported at once instead of asking the hub."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).parent.is_dir()
+
+
+def check_hub(key: str, name: str) -> None:
+    """Fail in seconds when the hub cannot be reached. The libraries retry with backoff: measured, 27 s when DNS
+    fails and 397 s when the network hangs. One request to the endpoint, bounded by HF_HUB_ETAG_TIMEOUT (5 s here,
+    when unset), tells a dead network from a working one; a slow network that answers within it goes on to the
+    libraries' own timeouts. Nothing is checked under HF_HUB_OFFLINE=1, where the libraries read only their cache."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 5)
+    outcome = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint + "/api/", method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an answer, even an error status, is a working network
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001 (DNS, refused, timeout, TLS: all mean the same to the user)
+            outcome.append(err)
+
+    thread = threading.Thread(target=probe, daemon=True)  # daemon: a DNS lookup that hangs is not bounded by timeout
+    thread.start()
+    thread.join(timeout + 1)
+    if outcome == [None]:
+        return
+    reason = f"{type(outcome[0]).__name__}: {outcome[0]}" if outcome else f"no answer in {timeout:g} s"
+    raise UserError(
+        f"{key} = {name!r} is a hub id, but this machine cannot reach the Hugging Face hub at {endpoint} ({reason}). "
+        f"Without network, give a local file or folder instead, or set HF_HUB_OFFLINE=1 to use a copy already in the "
+        f"Hugging Face cache. On a slow network, raise HF_HUB_ETAG_TIMEOUT (seconds, now {timeout:g}).")
