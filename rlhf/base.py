@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config import Model
-from rlhf.io import UserError
+from rlhf.io import UserError, check_hub, looks_local
 
 # ChatML, used for models whose tokenizer has no chat template. The prompt rendered with add_generation_prompt is a
 # prefix of prompt + answer, so the tokenize stage can split prompt and completion exactly. A turn ends with the
@@ -91,13 +91,15 @@ def pretrain(model, tokenizer, train_rows: list[dict], cfg: Model, seed: int) ->
 
 def resolve_pretrained(cfg: Model, out: Path) -> dict:
     """Check that a local or hub model loads, save its tokenizer to `out`; returns what later stages load."""
-    from transformers import AutoConfig, AutoTokenizer
-
     path = Path(cfg.name).expanduser()
     local = path.is_dir()
-    if not local and cfg.name.startswith((".", "/", "~")):
-        raise UserError(f"model.name = {cfg.name!r}: no such folder. Give a model folder holding "
-                                "config.json, or a hub id.")
+    if not local and looks_local(cfg.name):
+        raise UserError(f"model.name = {cfg.name!r}: no such local file or folder (looked in {path.resolve()}). Give a "
+                        "model folder holding config.json, or a hub id of the form owner/name.")
+    if not local:
+        check_hub("model.name", cfg.name)
+    from transformers import AutoConfig, AutoTokenizer  # after the checks: the import alone takes seconds
+
     try:
         config = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision)
         tokenizer = AutoTokenizer.from_pretrained(cfg.name, revision=cfg.revision)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlhf import formats, stream, synthetic
 from rlhf.config import Data
-from rlhf.io import UserError
+from rlhf.io import UserError, check_hub, looks_local
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 READERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets' reader per type
@@ -109,9 +109,11 @@ def load_raw(cfg: Data, seed: int):
             raise DataError(f"data.source = {source!r} is a folder with no data files ({', '.join(SUFFIXES)}, "
                             "optionally .gz) and no saved dataset in it. Point it at a file or a dataset folder.")
         return _from_datasets(cfg)
-    if source.startswith((".", "/", "~")) or _suffix(path) in SUFFIXES:
-        raise DataError(f"data.source = {source!r}: no such file or folder (looked in {path.resolve()}). "
-                        "Check the path; relative paths start at the repository root.")
+    if looks_local(source) or _suffix(path) in SUFFIXES:
+        raise DataError(f"data.source = {source!r}: no such local file or folder (looked in {path.resolve()}). "
+                        "Check the path (relative paths start at the repository root); a hub id has the form "
+                        "owner/name.")
+    check_hub("data.source", source)
     return _from_datasets(cfg)
 
 

@@ -15,10 +15,32 @@ import tempfile
 from pathlib import Path
 
 
-def clear_stale(path: Path) -> None:
-    """Delete the temporary siblings of `path` that a killed run left behind."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def temp_prefix(path: Path, owner: int | None = None) -> str:
+    """The name of a temporary sibling of `path` starts with this: it carries the pid of the process that owns it
+    (this one by default), so that a later run can tell a dead run's leftovers from a live run's folder."""
+    return f".{path.name}.tmp-{owner or os.getpid()}-"
+
+
+def clear_stale(folder: Path) -> None:
+    """Delete the temporary outputs in `folder` whose owning process is gone (a stage killed by SIGKILL or the OOM
+    killer runs no cleanup). Every stage that writes into `folder` sweeps all of them, not only its own: DVC restores
+    an unchanged stage's output from its run cache without running it, so that stage would never clean up after
+    itself. A folder whose owner is alive, or one with no pid in its name (not ours), is left alone."""
+    for stale in folder.glob(".*.tmp-*"):
+        owner = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -26,8 +48,8 @@ def atomic_dir(path: str | Path):
     """Yield a fresh temporary directory that replaces `path` only if the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clear_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clear_stale(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -41,7 +63,7 @@ def write_json(path: str | Path, obj) -> None:
     """Write `obj` as indented JSON, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(temp_prefix(path) + "json")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=plain) + "\n")
     os.replace(tmp, path)
 
@@ -80,12 +102,16 @@ class UserError(Exception):
 
 
 def run(main) -> None:
-    """Run a stage's main(), turning a UserError into a one-paragraph message and exit status 1."""
+    """Run a stage's main(), turning a UserError into a one-paragraph message and exit status 1, and Ctrl-C into one
+    line and the shell's status for it (130). Outputs are written atomically, so an interrupted stage leaves none."""
     try:
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): no output was written.", file=sys.stderr)
+        sys.exit(130)
 
 
 def provenance(**params) -> dict:
@@ -96,3 +122,47 @@ def provenance(**params) -> dict:
     packages = ("torch", "transformers", "trl", "peft", "datasets", "tokenizers", "accelerate", "dvc")
     versions = {name: md.version(name) for name in packages}
     return {"params": params, "python": platform.python_version(), "versions": versions}
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name`, which names no existing file or folder, was meant as a local path rather than a hub id. A hub
+    id is `owner/name`, one slash (a legacy id without an owner, such as `gpt2`, must be written with it:
+    `openai-community/gpt2`). So a name without a slash, one starting with `.`, `/` or `~`, or one whose parent
+    folder exists here (`data/mine`) is a mistyped local path, reported at once instead of asking the hub."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).parent.is_dir()
+
+
+def check_hub(key: str, name: str) -> None:
+    """Fail in seconds when the hub cannot be reached. The libraries retry with backoff: measured, 27 s when DNS
+    fails and 397 s when the network hangs. One request to the endpoint, bounded by HF_HUB_ETAG_TIMEOUT (5 s here,
+    when unset), tells a dead network from a working one; a slow network that answers within it goes on to the
+    libraries' own timeouts. Nothing is checked under HF_HUB_OFFLINE=1, where the libraries read only their cache."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 5)
+    outcome = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint + "/api/", method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an answer, even an error status, is a working network
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001 (DNS, refused, timeout, TLS: all mean the same to the user)
+            outcome.append(err)
+
+    thread = threading.Thread(target=probe, daemon=True)  # daemon: a DNS lookup that hangs is not bounded by timeout
+    thread.start()
+    thread.join(timeout + 1)
+    if outcome == [None]:
+        return
+    reason = f"{type(outcome[0]).__name__}: {outcome[0]}" if outcome else f"no answer in {timeout:g} s"
+    raise UserError(
+        f"{key} = {name!r} is a hub id, but this machine cannot reach the Hugging Face hub at {endpoint} ({reason}). "
+        f"Without network, give a local file or folder instead, or set HF_HUB_OFFLINE=1 to use a copy already in the "
+        f"Hugging Face cache. On a slow network, raise HF_HUB_ETAG_TIMEOUT (seconds, now {timeout:g}).")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlhf.io import UserError, atomic_dir, clear_stale
+from rlhf.io import UserError, atomic_dir, clear_stale, temp_prefix
 
 LAUNCHED = "RLHF_LAUNCHED"  # set in the processes `relaunch` starts, so they do the work instead of launching again
 
@@ -68,9 +68,11 @@ def stage_output(path: str | Path):
     from accelerate import PartialState
 
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-launch"
+    # Named after the launcher (every process's parent), which is alive as long as any of them: the same folder for
+    # all processes, and one that no other stage's sweep takes for a dead run's leftovers.
+    tmp = path.parent / (temp_prefix(path, os.getppid()) + "launch")
     if is_main_process():
-        clear_stale(path)
+        clear_stale(path.parent)
         tmp.mkdir(parents=True)
     yield tmp
     PartialState().wait_for_everyone()

@@ -66,6 +66,24 @@ def filter_rows(checked, drop_duplicates: bool) -> tuple[array, dict]:
     return kept, dict(dropped)
 
 
+class NothingLeft(UserError):
+    """Every row was filtered out; carries the counts, so the stage can still write metrics/data.json."""
+
+    def __init__(self, rows: int, dropped: dict):
+        self.rows, self.dropped = rows, dropped
+        reasons = ", ".join(f"{n:,} {key.removeprefix('dropped_')}" for key, n in
+                            sorted(dropped.items(), key=lambda kv: -kv[1]) if n)
+        super().__init__(
+            f"all {rows:,} rows were dropped by the prepare filters ({reasons or 'none read'}); counts are in "
+            "metrics/data.json. Check that data.columns maps chosen and rejected to different columns and the prompt "
+            "to the right one, and raise prepare.max_prompt_chars / prepare.max_response_chars if the texts are long.")
+
+
+def check_any_left(rows: int, dropped: dict) -> None:
+    if rows == sum(dropped.values()):
+        raise NothingLeft(rows, dropped)
+
+
 def length(row: dict) -> int:
     """Characters of the longer of the two sequences a pair produces (prompt + chosen, prompt + rejected)."""
     return len(text_of(row["prompt"])) + max(len(text_of(row["chosen"])), len(text_of(row["rejected"])))
@@ -101,6 +119,7 @@ def prepare(rows_file: Path, out: Path, cfg: Prepare, seed: int, num_proc: int =
     checked = (result for results in stream.parallel_map(checks, stream.batched(index.scan(), batch_size), num_proc,
                                                          cfg=cfg) for result in results)
     kept, dropped = filter_rows(tqdm(checked, desc="prepare", unit="row", mininterval=2), cfg.drop_duplicates)
+    check_any_left(len(index.offsets), dropped)
     train, validation = split(len(kept), cfg.validation_size, seed)
     keys = [longest_first(json.loads(line)) for line in index.read(kept[i] for i in validation)]
     validation = [i for _, i in sorted(zip(keys, validation))]  # ids are unique: no two keys are equal

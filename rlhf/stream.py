@@ -4,10 +4,13 @@ worker process, and results come back in input order with only a few batches in 
 
 Nothing here imports torch: fetch and prepare start in well under a second.
 """
+import ctypes
 import gzip
 import itertools
 import multiprocessing
 import os
+import signal
+import sys
 from array import array
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +36,19 @@ def _call(fn, batch):
     return fn(batch, **_shared)
 
 
+def _start_worker(parent: int, shared: dict) -> None:
+    """A worker dies with the stage process: killed by SIGKILL (as the OOM killer does), the stage runs no cleanup,
+    and orphaned workers would stay blocked on their pipe, holding their memory. Ctrl-C is left to the stage process,
+    which stops the workers itself (in a worker it would only print a traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the stage died before the line above took effect
+        os._exit(1)
+    _shared.update(shared)
+
+
 def parallel_map(fn, batches, num_proc: int, **shared):
     """fn(batch, **shared) for every batch, in order. With more than one process, batches go to forked workers and at
     most two per worker are in flight, so a slow consumer never makes the input pile up in memory. `fn` must be a
@@ -42,8 +58,9 @@ def parallel_map(fn, batches, num_proc: int, **shared):
     if num_proc <= 1:
         yield from (fn(batch, **shared) for batch in batches)
         return
-    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork"), initializer=_shared.update,
-                             initargs=(shared,)) as pool:
+    pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                               initargs=(os.getpid(), shared))
+    try:
         pending = deque()
         for batch in batches:
             pending.append(pool.submit(_call, fn, batch))
@@ -51,6 +68,12 @@ def parallel_map(fn, batches, num_proc: int, **shared):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    except BaseException:  # an error, Ctrl-C, or the consumer stopped early: do not wait for the batches in flight
+        for process in list(pool._processes.values()):  # no public way before Python 3.14's terminate_workers()
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def lines(path: str | Path):

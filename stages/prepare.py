@@ -21,11 +21,15 @@ def main():
     params = config.load()
 
     fetched = Path(args.fetched)
-    with atomic_dir(args.out) as tmp:
-        rows, dropped, train, validation = prepare.prepare(
-            fetched / "rows.jsonl", tmp, params.prepare, params.seed, stream.workers(params.processing.num_proc),
-            params.processing.batch_size)
-        metrics = prepare.account(read_json(fetched / "fetch.json"), rows, dropped, train, validation)
+    try:
+        with atomic_dir(args.out) as tmp:
+            rows, dropped, train, validation = prepare.prepare(
+                fetched / "rows.jsonl", tmp, params.prepare, params.seed, stream.workers(params.processing.num_proc),
+                params.processing.batch_size)
+            metrics = prepare.account(read_json(fetched / "fetch.json"), rows, dropped, train, validation)
+    except prepare.NothingLeft as err:  # no output, but the metrics show where every row went
+        write_json(args.metrics, prepare.account(read_json(fetched / "fetch.json"), err.rows, err.dropped, 0, 0))
+        raise
     write_json(args.metrics, metrics)
     print(f"prepare: {rows} rows -> {train} train, {validation} validation; {dropped}")
 

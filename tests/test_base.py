@@ -77,7 +77,7 @@ def test_local_model_recorded_not_copied(tmp_path, local_model):
 
 
 def test_missing_local_model_and_unreachable_hub_id(tmp_path):
-    with pytest.raises(UserError, match="no such folder"):
+    with pytest.raises(UserError, match="no such local file or folder"):
         base.resolve_pretrained(Model(name="./nope"), tmp_path)
     with pytest.raises(UserError, match="could not be loaded.*local folder"):
         base.resolve_pretrained(Model(name="no-such-org/no-such-model"), tmp_path)

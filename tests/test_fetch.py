@@ -124,7 +124,7 @@ def test_duplicate_source_ids_are_made_unique(tmp_path):
 
 
 def test_missing_file_names_the_path(tmp_path):
-    with pytest.raises(DataError, match=r"no such file or folder"):
+    with pytest.raises(DataError, match=r"no such local file or folder"):
         fetched(Data(source=str(tmp_path / "missing.jsonl")), seed=0)
 
 

@@ -100,3 +100,37 @@ def test_accounting_adds_up_or_raises():
     assert metrics["train_rows"] == 4 and "source" not in metrics
     with pytest.raises(RuntimeError, match="does not add up"):
         prepare.account(fetch_stats, 6, dropped, train=3, validation=1)
+
+
+def test_every_row_dropped_names_the_counts_and_still_writes_the_metrics(tmp_path, monkeypatch):
+    """All rows filtered out: the error says so, with the counts by reason, not a validation_size complaint; and
+    metrics/data.json is written, so the user can see where the rows went."""
+    import runpy
+    import sys
+
+    from conftest import REPO, write_params
+
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    rows = [messages(f"q{i}", "same", "same", f"r{i}") for i in range(1000)] + [messages("", "a", "b", "e")]
+    (fetched / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (fetched / "fetch.json").write_text(json.dumps({"rows_read": 1001, "sampled_out": 0, "skipped_bad_rows": 0,
+                                                    "dropped_tie": 0, "rows_fetched": 1001}))
+    write_params(tmp_path / "params.yaml", {})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["prepare", "--fetched", "fetched", "--out", "prepared", "--metrics", "data.json"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "stages" / "prepare.py"), run_name="__main__")
+    assert exit_.value.code == 1
+    metrics = json.loads((tmp_path / "data.json").read_text())
+    assert metrics["dropped_identical_responses"] == 1000 and metrics["train_rows"] == 0
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_every_row_dropped_message():
+    dropped = {"dropped_identical_responses": 1000, "dropped_empty_prompt": 1, "dropped_duplicate": 0}
+    with pytest.raises(UserError) as err:
+        prepare.check_any_left(1001, dropped)
+    message = str(err.value)
+    assert "all 1,001 rows were dropped" in message and "1,000 identical_responses, 1 empty_prompt" in message
+    assert "duplicate" not in message and "validation_size" not in message
