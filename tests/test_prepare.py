@@ -5,13 +5,13 @@ import json
 import pytest
 
 from rlhf import prepare
-from rlhf.config import Prepare
 from rlhf.io import UserError, read_jsonl
-from conftest import messages
+from conftest import messages, repo_section
 
 
-def run(rows, tmp_path, cfg=Prepare(), seed=0, num_proc=1, batch_size=1000):
+def run(rows, tmp_path, cfg=None, seed=0, num_proc=1, batch_size=1000):
     """prepare.prepare on `rows` written as a fetch output: (train rows, validation rows, drop counts)."""
+    cfg = cfg or repo_section("prepare")
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     out = tmp_path / f"out-{seed}-{num_proc}-{batch_size}"
     out.mkdir(exist_ok=True)
@@ -32,7 +32,8 @@ def test_filters_count_every_drop_by_reason(tmp_path):
         messages(" ", "a", "b", "no-prompt"),
         messages("q5", "fine", "also fine", "keep2"),
     ]
-    train, val, dropped = run(rows, tmp_path, Prepare(validation_size=1, max_prompt_chars=20, max_response_chars=20))
+    cfg = repo_section("prepare", validation_size=1, max_prompt_chars=20, max_response_chars=20)
+    train, val, dropped = run(rows, tmp_path, cfg)
     kept = train + val
     assert sorted(r["id"] for r in kept) == ["keep", "keep2"]
     assert dropped == {"dropped_duplicate": 1, "dropped_empty_prompt": 1, "dropped_empty_response": 1,
@@ -43,7 +44,7 @@ def test_filters_count_every_drop_by_reason(tmp_path):
 
 def test_duplicates_kept_when_asked():
     rows = [messages("q", "a", "b", "1"), messages("q", "a", "b", "2")]
-    checked = prepare.checks([json.dumps(r).encode() for r in rows], Prepare())
+    checked = prepare.checks([json.dumps(r).encode() for r in rows], repo_section("prepare"))
     kept, dropped = prepare.filter_rows(checked, drop_duplicates=False)
     assert list(kept) == [0, 1] and not any(dropped.values())
     kept, dropped = prepare.filter_rows(checked, drop_duplicates=True)
@@ -56,7 +57,7 @@ def rows_of_lengths(n):
 
 def test_split_is_deterministic_and_sized(tmp_path):
     rows = rows_of_lengths(100)
-    cfg = Prepare(validation_size=0.2)
+    cfg = repo_section("prepare", validation_size=0.2)
     train, val, _ = run(rows, tmp_path, cfg, seed=1)
     assert (train, val) == run(rows, tmp_path, cfg, seed=1)[:2]
     assert len(val) == 20 and len(train) == 80
@@ -64,7 +65,7 @@ def test_split_is_deterministic_and_sized(tmp_path):
     assert not {r["id"] for r in train} & {r["id"] for r in val}
     other_train = run(rows, tmp_path, cfg, seed=2)[0]
     assert [r["id"] for r in other_train] != [r["id"] for r in train]
-    assert len(run(rows, tmp_path, Prepare(validation_size=7), seed=1)[1]) == 7
+    assert len(run(rows, tmp_path, repo_section("prepare", validation_size=7), seed=1)[1]) == 7
 
 
 def test_same_output_for_any_workers_and_batch_size(tmp_path):
@@ -78,7 +79,7 @@ def test_same_output_for_any_workers_and_batch_size(tmp_path):
 
 
 def test_validation_sorted_longest_first_train_not_sorted(tmp_path):
-    train, val, _ = run(rows_of_lengths(200), tmp_path, Prepare(validation_size=0.25))
+    train, val, _ = run(rows_of_lengths(200), tmp_path, repo_section("prepare", validation_size=0.25))
     lengths = [prepare.length(r) for r in val]
     assert lengths == sorted(lengths, reverse=True)
     train_lengths = [prepare.length(r) for r in train]
