@@ -49,9 +49,9 @@ def repo_params(overrides: dict | None = None):
     return config.load(REPO / "params.yaml", overrides)
 
 
-def repo_section(name: str, **fields):
+def repo_section(section: str, /, **fields):
     """One section of `repo_params()` with `fields` set, e.g. repo_section("model", dtype="bfloat16")."""
-    return getattr(repo_params({f"{name}.{key}": value for key, value in fields.items()}), name)
+    return getattr(repo_params({f"{section}.{key}": value for key, value in fields.items()}), section)
 
 
 def run_stage(workdir: Path, name: str, *args: str) -> None:
