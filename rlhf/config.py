@@ -112,6 +112,7 @@ class Tokenize:
     max_completion_length: int = field(metadata=_range(1))
     overlong: Literal["truncate", "drop"]
     system_message: Literal["keep", "fold_into_user", "drop"]
+    control_tokens: Literal["refuse", "escape", "keep"]
 
 
 @dataclass

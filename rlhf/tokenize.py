@@ -10,11 +10,15 @@ with an error naming the row (README, "Chat templates").
 
 Prompts are truncated from the left (the end of a conversation matters most), completions from the right, to the
 `tokenize.*` limits, or over-long pairs are dropped (`tokenize.overlong: drop`); every truncation and drop is counted.
+A special token of the tokenizer written inside a row's text (`<|im_end|>`, `<|im_start|>assistant`) would reach the
+model as a real control token and could end a turn early or inject a fake one: `tokenize.control_tokens` refuses such
+a row, escapes it to plain text, or keeps it as written, and counts it (`control_tokens_in_text`).
 `manifest.json` records each split's row count and a hash of its ids, so a training stage can assert that it trains on
 exactly these rows (recent TRL versions drop rows whose prompt fills `max_length` without saying so).
 """
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +29,11 @@ from rlhf.io import UserError
 MANIFEST = "manifest.json"
 ARROW_FILE = "data-00000-of-00001.arrow"  # the file name save_to_disk gives a one-file split
 COUNTS = ("truncated_prompt", "truncated_chosen", "truncated_rejected", "dropped_overlong_prompt",
-          "dropped_overlong_chosen", "dropped_overlong_rejected", "dropped_empty_completion")
+          "dropped_overlong_chosen", "dropped_overlong_rejected", "dropped_empty_completion", "control_tokens_in_text")
+# tokenize.control_tokens: escape writes this after the first character of a special token in a row's text. A
+# zero-width space: invisible, so the text reads as written, and encoded as ordinary tokens by byte-level BPE and
+# SentencePiece with byte fallback (every family tested in tests/test_templates.py).
+ESCAPE = "\u200b"
 
 
 def common_prefix_length(a, b) -> int:
@@ -148,6 +156,52 @@ def cut_point(text: str, cuts: tuple[list[str], list] | None) -> int:
     return k
 
 
+def control_token_pattern(tokenizer) -> re.Pattern | None:
+    """A regex of the strings this tokenizer turns into a control token wherever a text holds them: its special
+    tokens (`all_special_tokens`: BOS, EOS, pad, unk, the additional ones) and every added token marked special (a
+    chat template's turn markers are often only that). Added tokens not marked special (Qwen2.5's <tool_call>, say)
+    are left alone: the tokenizer treats them as vocabulary, kept by decode(skip_special_tokens=True), and no
+    template starts or ends a turn with one. Longest first, so a token holding another is found whole."""
+    tokens = set(tokenizer.all_special_tokens)
+    tokens |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    tokens.discard("")
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def guard_control_tokens(row: dict, pattern: re.Pattern | None, how: str, split: str | None) -> tuple[dict, bool]:
+    """`row` with the special tokens in its message texts handled as `tokenize.control_tokens` says (refuse: a
+    UserError naming the row; escape: ESCAPE after each one's first character; keep: as written), and whether it had
+    any."""
+    found = next(((key, m) for key in ("prompt", "chosen", "rejected") for message in row[key]
+                  if pattern and (m := pattern.search(message["content"]))), None)
+    if found is None or how == "keep":
+        return row, found is not None
+    key, match = found
+    if how == "refuse":
+        where = f" of the {split} split" if split else ""
+        raise UserError(
+            f"tokenize: row {row['id']!r}{where} has {match[0]!r} in its {key} text, a special token of this tokenizer: "
+            "the chat template would pass it on as a real control token, so the text could end its turn early or "
+            "inject a fake one (an answer written by the user, say). Most often the row holds a conversation already "
+            "rendered with a chat template: give its turns as messages instead. If the text means the token "
+            "literally, set tokenize.control_tokens to escape (a zero-width space makes it plain text) or keep (as "
+            "written); both count such rows in metrics/tokenize.json.")
+    escaped = {key: [{**m, "content": escape(m["content"], pattern, row["id"])} for m in row[key]]
+               for key in ("prompt", "chosen", "rejected")}
+    return {**row, **escaped}, True
+
+
+def escape(text: str, pattern: re.Pattern, row_id: str) -> str:
+    """`text` with ESCAPE after the first character of every special token in it, so that none matches."""
+    out = pattern.sub(lambda m: m[0][0] + ESCAPE + m[0][1:], text)
+    if leftover := pattern.search(out):  # a one-character token, or one that overlaps another
+        raise UserError(f"tokenize: row {row_id!r}: {leftover[0]!r} cannot be escaped in its text; set "
+                        "tokenize.control_tokens to refuse or keep, or remove it from the data.")
+    return out
+
+
 def fit(example: dict, cfg: Tokenize, counts: Counter) -> dict | None:
     """`example` cut to the length limits (prompt from the left, completions from the right), or None to drop it."""
     over = {
@@ -170,10 +224,15 @@ def fit(example: dict, cfg: Tokenize, counts: Counter) -> dict | None:
     }
 
 
-def tokenize_split(rows: list[dict], tokenizer, cfg: Tokenize) -> tuple[list[dict], Counter]:
-    """Encoded and length-limited rows, and the counts of truncations and drops (every key in COUNTS)."""
-    out, counts = [], Counter(dict.fromkeys(COUNTS, 0))
-    for example in encode_rows(rows, tokenizer, cfg.system_message):
+def tokenize_split(rows: list[dict], tokenizer, cfg: Tokenize, split: str | None = None) -> tuple[list[dict], Counter]:
+    """Encoded and length-limited rows, and the counts of truncations, drops and special tokens in the rows' texts
+    (every key in COUNTS); `split` names the rows in errors."""
+    out, counts, pattern, guarded = [], Counter(dict.fromkeys(COUNTS, 0)), control_token_pattern(tokenizer), []
+    for row in rows:
+        row, found = guard_control_tokens(row, pattern, cfg.control_tokens, split)
+        counts["control_tokens_in_text"] += found
+        guarded.append(row)
+    for example in encode_rows(guarded, tokenizer, cfg.system_message):
         example = fit(example, cfg, counts)
         if example is None:
             continue
@@ -186,13 +245,13 @@ def tokenize_split(rows: list[dict], tokenizer, cfg: Tokenize) -> tuple[list[dic
     return out, counts
 
 
-def tokenize_lines(lines: list[tuple[int, str]], tokenizer, cfg: Tokenize) -> tuple:
+def tokenize_lines(lines: list[tuple[int, str]], tokenizer, cfg: Tokenize, split: str) -> tuple:
     """`tokenize_split` on a batch of (line number, JSON line) of canonical rows, in a worker process: the rows as an
     Arrow table (the ids go back as a few buffers, not as Python ints pickled one by one), their ids and total
     lengths, and the counts."""
     import pyarrow as pa
 
-    examples, counts = tokenize_split([json.loads(line) for _, line in lines], tokenizer, cfg)
+    examples, counts = tokenize_split([json.loads(line) for _, line in lines], tokenizer, cfg, split)
     table = pa.Table.from_pylist(examples, schema=features().arrow_schema)
     return table, [e["id"] for e in examples], [total_length(e) for e in examples], counts
 
@@ -220,7 +279,7 @@ def write_split(rows_file: Path, folder: Path, tokenizer, cfg: Tokenize, longest
 
         for table, batch_ids, batch_lengths, batch_counts in stream.parallel_map(
                 tokenize_lines, stream.batched(stream.lines(rows_file), batch_size), num_proc, tokenizer=tokenizer,
-                cfg=cfg):
+                cfg=cfg, split=folder.name):
             counts.update(batch_counts)
             rows_in += sum(batch_counts[k] for k in COUNTS if k.startswith("dropped")) + len(batch_ids)
             bar.update(len(batch_ids))
