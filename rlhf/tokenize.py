@@ -31,8 +31,9 @@ ARROW_FILE = "data-00000-of-00001.arrow"  # the file name save_to_disk gives a o
 COUNTS = ("truncated_prompt", "truncated_chosen", "truncated_rejected", "dropped_overlong_prompt",
           "dropped_overlong_chosen", "dropped_overlong_rejected", "dropped_empty_completion", "control_tokens_in_text")
 # tokenize.control_tokens: escape writes this after the first character of a special token in a row's text. A
-# zero-width space: invisible, so the text reads as written, and encoded as ordinary tokens by byte-level BPE and
-# SentencePiece with byte fallback (every family tested in tests/test_templates.py).
+# zero-width space: invisible, so the text reads as written, and ordinary bytes to a byte-level BPE (every family in
+# tests/test_templates.py). SentencePiece reaches it through byte fallback (Llama 2, Mistral, Gemma have it; not
+# checked here); a vocabulary with neither would give <unk>.
 ESCAPE = "\u200b"
 
 
@@ -182,10 +183,10 @@ def guard_control_tokens(row: dict, pattern: re.Pattern | None, how: str, split:
     if how == "refuse":
         where = f" of the {split} split" if split else ""
         raise UserError(
-            f"tokenize: row {row['id']!r}{where} has {match[0]!r} in its {key} text, a special token of this tokenizer: "
-            "the chat template would pass it on as a real control token, so the text could end its turn early or "
-            "inject a fake one (an answer written by the user, say). Most often the row holds a conversation already "
-            "rendered with a chat template: give its turns as messages instead. If the text means the token "
+            f"tokenize: row {row['id']!r}{where} has {match[0]!r} in its {key} text, a special token of this "
+            "tokenizer: the chat template would pass it on as a real control token, so the text could end its turn "
+            "early or inject a fake one (an answer written by the user, say). Most often the row holds a conversation "
+            "already rendered with a chat template: give its turns as messages instead. If the text means the token "
             "literally, set tokenize.control_tokens to escape (a zero-width space makes it plain text) or keep (as "
             "written); both count such rows in metrics/tokenize.json.")
     escaped = {key: [{**m, "content": escape(m["content"], pattern, row["id"])} for m in row[key]]

@@ -5,7 +5,8 @@
 
 Run it with `python -m`: as a plain script its name would shadow Python's own `tokenize` module.
 Writes OUT as a datasets DatasetDict (train, validation) on disk, OUT/manifest.json (rows and id hash per split) and
-metrics/tokenize.json (truncations, drops, lengths). Rows stream through in batches (params.yaml `processing`).
+metrics/tokenize.json (truncations, drops, lengths, rows with control tokens in their text). Rows stream through in
+batches (params.yaml `processing`).
 """
 import argparse
 import json
