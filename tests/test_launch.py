@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from rlhf import align, launch
+from rlhf import align, launch, models
 from rlhf.config import Compute, ConfigError, Model
 from tests.conftest import REPO, TINY, write_params
 
@@ -109,7 +109,7 @@ def test_sft_with_two_processes(tiny_data, tmp_path):
 
     from rlhf import train
 
-    base = train.load_model(tmp_path / "models/base", Model()).eval()
+    base = models.base_model(tmp_path / "models/base", Model()).eval()
     ids = torch.tensor([[5, 17, 23, 42, 7]])
     with torch.no_grad():
         before = base(ids).logits
@@ -144,6 +144,6 @@ def test_dpo_with_two_processes_through_an_accelerate_config(tiny_trained, tmp_p
     assert {"oracle_sft", "oracle_policy"} <= set(m2)  # the main process ran the align stage's own check
     info = json.loads((tmp_path / "two" / align.INFO_FILE).read_text())
     assert info["params"]["compute"]["num_processes"] == 2
-    model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "two", Model())
+    model = models.policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "two", Model())
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[5, 17, 23, 42, 7]])).logits).all()

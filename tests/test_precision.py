@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, evaluate_stages, reference_stage, run_stage, write_params
-from rlhf import config, policy, train
+from rlhf import config, models, train
 from rlhf.config import Lora, Model
 from rlhf.io import UserError
 
@@ -21,10 +21,10 @@ def test_cpu_precision_checks(monkeypatch):
     the measured reason and what to set instead; auto means fp32."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for ok in (Model(quantization="4bit"), Model(quantization="8bit"), Model(dtype="bfloat16")):
-        train.check_hardware(ok)
+        models.check_hardware(ok)
     with pytest.raises(UserError, match="float16 does not run through the pipeline on a CPU.*bfloat16"):
-        train.check_hardware(Model(dtype="float16"))
-    assert train.torch_dtype(Model()) == torch.float32
+        models.check_hardware(Model(dtype="float16"))
+    assert models.torch_dtype(Model()) == torch.float32
     assert train.precision_args(Model(dtype="bfloat16")) == {"bf16": True, "fp16": False, "use_cpu": True}
 
 
@@ -133,5 +133,5 @@ def test_bf16_pipeline_on_cpu(tiny_data, tmp_path):
     numbers = [v for k, v in evaluation.items() if not k.startswith("gate_")]  # gate_*: the gate's verdict
     assert numbers and all(torch.isfinite(torch.tensor(v)) for v in numbers)
     cfg = config.load(root / "params.yaml").model
-    merged = policy.load_sft_merged(tiny_data / "models/base", root / "models/sft", cfg)
+    merged = models.sft_merged(tiny_data / "models/base", root / "models/sft", cfg)
     assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}

@@ -10,15 +10,16 @@ reward model, with its own LoRA adapter, its score head as value head, and its o
 in Ziegler et al., 2019 and Huang et al., 2024, "The N+ implementation details of RLHF with PPO"). Tensors of one
 rollout are (B, T): B answers, T = the longest answer's tokens, right-padded; `mask` is 1 on answer tokens (the EOS
 included) and 0 on padding. The reward model scores prompt + answer + the chat template's turn end (see
-`rlhf.reward.reward_function`), as it saw answers in training.
+`rlhf.scoring.reward_function`), as it saw answers in training.
 """
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
-from rlhf import base, generation, policy, resuming, reward, scoring, train
+from rlhf import base, generation, models, resuming, scoring, tokenize, train
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"  # the separate critic's LoRA adapter, next to the value head
@@ -296,7 +297,7 @@ def policy_with_value_head(params, base_dir, sft_dir, lora):
     """The SFT model with a new LoRA adapter (seeded), in eval mode, and a zero-initialized value head."""
     from peft import get_peft_model
 
-    model = train.to_accelerator(policy.load_sft_merged(base_dir, sft_dir, params.model), params.model)
+    model = models.sft_merged(base_dir, sft_dir, params.model)
     torch.manual_seed(params.seed)  # the adapter's A matrices are drawn from it
     model = get_peft_model(model, train.lora_config(lora, "CAUSAL_LM"))
     model.eval()  # no dropout anywhere: it would make the ratio differ from 1 before any update
@@ -306,14 +307,16 @@ def policy_with_value_head(params, base_dir, sft_dir, lora):
     return model, value_head
 
 
-def critic_from_reward_model(params, base_dir, sft_dir, reward_dir, lora, stats: dict):
+def critic_from_reward_model(params, scorer, lora, stats: dict):
     """A separate critic: the trained reward model's trunk (its adapter merged) with a new LoRA adapter, and its
     score head as value head, rescaled to the normalized reward, (score - mean) / std, so that its first values are
-    the reward model's own estimate of what the answer will score."""
+    the reward model's own estimate of what the answer will score. Returns (critic, value head, scorer).
+
+    The critic is built on the reward model `scorer` itself, not on a second copy: its adapter is merged in place,
+    and the returned scorer, which shares the critic's layers, must score with the critic's adapter disabled."""
     from peft import get_peft_model
 
-    scorer, _ = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    scorer = train.to_accelerator(scorer.merge_and_unload(), params.model)
+    scorer = scorer.merge_and_unload()
     torch.manual_seed(params.seed + 1)  # its adapter's A matrices: not the policy's draw
     critic = get_peft_model(scorer.model, train.lora_config(dataclasses.replace(lora, modules_to_save=None), None))
     critic.eval()
@@ -322,7 +325,7 @@ def critic_from_reward_model(params, base_dir, sft_dir, reward_dir, lora, stats:
     with torch.no_grad():
         value_head.weight.copy_(score / stats["score_std"])
         value_head.bias.fill_(-stats["score_mean"] / stats["score_std"])
-    return critic, value_head
+    return critic, value_head, scorer
 
 
 def sft_sample_stats(model, reward_fn, tokenizer, prompts, section, seed: int) -> dict:
@@ -351,29 +354,32 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     section = params.ppo
     _, lora, chosen = train.resolve(params, params.sft, train.accelerator_memory_gb())  # only the LoRA settings
     print(f"ppo: settings after compute.preset: lora r={lora.r}, lora_alpha={lora.lora_alpha} ({chosen['preset']})")
-    tokenizer = base.load_tokenizer(base_dir)
+    tokenizer = models.tokenizer(base_dir)
 
     # -- data: the training prompts, shuffled once, then cycled (iteration i's prompts depend on i only)
-    train_rows = train.load_split(tokenized, "train", max_length=10**9)
+    train_rows = tokenize.load_split(tokenized, "train", max_length=10**9)
     prompts = train_rows["prompt_ids"]
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(params.seed)).tolist()
 
     # -- models: reward model (and its normalization); policy = SFT + new adapter (reference: adapter disabled);
     # the critic: a value head on the policy, or a separate model from the reward model
-    scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    scorer = train.to_accelerator(scorer, params.model)
+    scorer, stats = models.reward_model(base_dir, sft_dir, reward_dir, params.model)
     model, value_head = policy_with_value_head(params, base_dir, sft_dir, lora)
     turn_end = base.end_of_turn(tokenizer)
     if section.reward_normalization == "sft_samples":
         first = [prompts[order[k % len(order)]] for k in range(NORMALIZATION_PROMPTS)]
-        stats = sft_sample_stats(model, reward.reward_function(scorer, stats, tokenizer, turn_end,
+        stats = sft_sample_stats(model, scoring.reward_function(scorer, stats, tokenizer, turn_end,
                                                                section.mini_batch_size),
                                  tokenizer, first, section, seed=params.seed)
         print(f"ppo: reward normalized with SFT samples' mean {stats['score_mean']:.4f}, std {stats['score_std']:.4f}")
-    reward_fn = reward.reward_function(scorer, stats, tokenizer, turn_end, section.mini_batch_size)
     critic = None
     if section.critic == "separate":
-        critic, value_head = critic_from_reward_model(params, base_dir, sft_dir, reward_dir, lora, stats)
+        critic, value_head, scorer = critic_from_reward_model(params, scorer, lora, stats)
+    score = scoring.reward_function(scorer, stats, tokenizer, turn_end, section.mini_batch_size)
+
+    def reward_fn(prompts, answers):  # a separate critic's adapter sits in the reward model's layers: off to score
+        with critic.disable_adapter() if critic is not None else contextlib.nullcontext():
+            return score(prompts, answers)
     policy_params = [p for p in model.parameters() if p.requires_grad]
     critic_params = list(value_head.parameters())
     if critic is not None:
