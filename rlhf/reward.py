@@ -56,7 +56,7 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
 
     # -- model and trainer
     tokenizer = models.tokenizer(base_dir)
-    model = load_scorer(base_dir, sft_dir, params.model)
+    model = models.scorer(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir], seed=params.seed, model=params.model,
                                    lora=lora, compute=params.compute, reward=section)
