@@ -71,7 +71,8 @@ def test_every_stage_places_every_model_it_loads(tiny_trained, tmp_path, monkeyp
         run_stage(root, "sft_answers", *INPUTS, "--reward", "models/reward", "--out", "data/sft_answers")
     assert_all_placed(seen, 2)
     with watched(monkeypatch) as seen:
-        run_stage(root, "evaluate", *INPUTS, "--reward", "models/reward", "--policy", "models/policy",
+        run_stage(root, "evaluate", *INPUTS, "--reward", "models/reward", "--policy", "models/policy", "--sft-answers",
+                  "data/sft_answers",
                   "--metrics", "metrics/eval.json", "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
     assert_all_placed(seen, 2)
     with watched(monkeypatch) as seen:
