@@ -350,7 +350,9 @@ def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
     ids = torch.tensor([[5, 17, 23, 42, 7, 99, 3]])
     prefixes = [ids[0, : p + 1].tolist() for p in range(2, 6)]  # the state before answer token t sees ids[: t + 1]
     raw = scoring.reward_scores(scorer, prefixes, pad_id=0)
+    trunk = scorer.get_base_model().model
     critic, head, scorer = ppo.critic_from_reward_model(params, scorer, lora, stats)
+    assert critic.get_base_model() is trunk and scorer.model is trunk  # no second copy of the weights
     with torch.no_grad():
         values = ppo.critic_values(critic, head, ids, torch.ones_like(ids), torch.tensor([2]), 4)
     torch.testing.assert_close(values[0], (raw - 0.3) / 2.0, atol=1e-4, rtol=1e-4)
