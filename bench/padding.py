@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf import train
+from rlhf import tokenize, train
 from rlhf.io import read_jsonl
 
 
@@ -36,7 +36,7 @@ def orders(keys: list[int], group: int, seed: int, epochs: int) -> dict:
 def shares(tokenized: Path, params) -> dict:
     """Padding share for SFT (prompt + chosen) and DPO (prompt + chosen and prompt + rejected, padded together) with
     the default per-device batch size, the params' seed and epochs."""
-    rows = train.load_split(tokenized, "train", 10**9)
+    rows = tokenize.load_split(tokenized, "train", 10**9)
     prompt, chosen, rejected = rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"]
     sequences = {
         "sft": [(len(p) + len(c),) for p, c in zip(prompt, chosen)],

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench import machine, pipeline, qwen, trainers
-from rlhf import config
+from rlhf import config, models
 from rlhf.io import provenance, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def load_only(base_dir: Path, cfg) -> dict:
     resident memory after loading and at its peak while loading (the peak of a training run includes this)."""
     from rlhf import train
 
-    model = train.load_model(base_dir, cfg)
+    model = models.base_model(base_dir, cfg)
     status = Path("/proc/self/status").read_text().split()
     return {"model_footprint_mib": round(model.get_memory_footprint() / 2**20, 1),
             "rss_after_loading_mib": round(int(status[status.index("VmRSS:") + 1]) / 1024, 1)}

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench import machine
-from rlhf import train
+from rlhf import models, train
 from rlhf.io import read_jsonl
 
 
@@ -88,7 +88,7 @@ def ours_dpo(params, tokenized: Path, base_dir: Path, sft_dir: Path, work: Path)
 def plain_config(params, section, work: Path, **extra) -> dict:
     """The shared settings spelled out as a TRL user writes them, with the values our params resolve to.
     Activation checkpointing is off, as ours has it (TRL's default turns it on and costs time)."""
-    dtype = train.torch_dtype(params.model)
+    dtype = models.torch_dtype(params.model)
     return {
         "output_dir": str(work), "seed": params.seed, "report_to": "none", "max_steps": section.max_steps,
         "per_device_train_batch_size": section.per_device_train_batch_size,
@@ -109,7 +109,7 @@ def plain_model(model_dir: Path, cfg, sft_dir: Path | None = None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = train.torch_dtype(cfg)
+    dtype = models.torch_dtype(cfg)
     quantization = None
     if cfg.quantization == "4bit":
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

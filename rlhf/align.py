@@ -3,13 +3,12 @@
 Each method lives in rlhf/methods/<name>.py and exposes the same `run` (see rlhf/methods/__init__.py)."""
 import importlib
 import statistics
-from pathlib import Path
 
-from rlhf import base, generation, policy, train
+from rlhf import generation, models, tokenize
 from rlhf.config import METHODS
-from rlhf.io import UserError, read_json
+from rlhf.io import UserError
 
-INFO_FILE = "align.json"
+INFO_FILE = models.POLICY_INFO_FILE
 
 
 def method_runner(name: str):
@@ -37,35 +36,28 @@ def check_checkpointing(params) -> None:
                         "it).")
 
 
-def starts_from_sft(params) -> bool:
-    """Every method adds its adapter to the SFT model, except ORPO with `orpo.init: base`."""
-    return not (params.method == "orpo" and params.orpo.init == "base")
-
-
-def load_trained_policy(base_dir, sft_dir, policy_dir, cfg):
-    """The aligned policy saved by the align stage, on the model its adapter was trained on."""
-    from peft import PeftModel
-
-    if read_json(Path(policy_dir) / INFO_FILE)["starts_from"] == "sft":
-        return policy.load_policy(base_dir, sft_dir, policy_dir, cfg)
-    return PeftModel.from_pretrained(train.load_model(base_dir, cfg), policy_dir).eval()
-
-
 def oracle_check(params, tokenized, base_dir, sft_dir, model) -> dict:
     """Mean oracle reward of SFT and policy samples on the first validation prompts (built-in tasks only).
 
     The evaluate stage measures properly; this is the align stage's own evidence that the method moved the policy
-    the right way."""
+    the right way. The SFT side is `model` with its new adapter off (or, trained from the base, the SFT adapter
+    loaded beside it): no second model is loaded."""
     task = generation.builtin_task(params.data.source)
     if task is None:
         return {}
-    tokenizer = base.load_tokenizer(base_dir)
-    prompts = train.load_split(tokenized, "validation", 10**9)["prompt_ids"][: params.align.oracle_eval_prompts]
-    sft_model = policy.load_sft_merged(base_dir, sft_dir, params.model).eval()
-    means = {}
-    for name, m in (("sft", sft_model), ("policy", model.eval())):
-        completions = generation.generate(m, prompts, tokenizer, params.align.max_new_tokens,
+    tokenizer = models.tokenizer(base_dir)
+    prompts = tokenize.load_split(tokenized, "validation", 10**9)["prompt_ids"][: params.align.oracle_eval_prompts]
+    model = model.eval()
+    if not models.starts_from_sft(params.method, params.orpo.init):
+        models.add_sft_adapter(model, sft_dir)
+
+    def mean_oracle():
+        completions = generation.generate(model, prompts, tokenizer, params.align.max_new_tokens,
                                           params.align.temperature, seed=params.seed)
-        means[name] = statistics.mean(generation.oracle_scores(task, prompts, completions, tokenizer))
+        return statistics.mean(generation.oracle_scores(task, prompts, completions, tokenizer))
+
+    with models.reference(model):
+        means = {"sft": mean_oracle()}
+    means["policy"] = mean_oracle()
     return {"oracle_sft": round(means["sft"], 6), "oracle_policy": round(means["policy"], 6),
             "oracle_gain": round(means["policy"] - means["sft"], 6)}

@@ -176,8 +176,3 @@ def weights_location(base_dir: str | Path) -> tuple[str, str | None]:
         return info["path"], None
     return info["name"], info["revision"]
 
-
-def load_tokenizer(base_dir: str | Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(base_dir)

@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from rlhf import align, generation, policy, scoring, sft_answers
+from rlhf import generation, models, scoring, sft_answers
 
 
 def win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -58,15 +58,16 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir,
     cfg = params.eval
     shared = sft_answers.shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir)
     tokenizer, prompts = shared["tokenizer"], shared["prompts"]
-    # the SFT model is loaded either way: the KL needs its log-probs of the policy's answers
-    models = {"sft": policy.load_sft_merged(base_dir, sft_dir, params.model).eval(),
-              "policy": align.load_trained_policy(base_dir, sft_dir, policy_dir, params.model)}
+    # one model for both sides: under models.reference it is the SFT model, which the KL needs either way (its
+    # log-probs of the policy's answers), so the base weights are loaded twice in all, here and in the reward model
+    model = models.policy(base_dir, sft_dir, policy_dir, params.model)
     if sft_answers_dir is None:
-        sft = sft_answers.measure(models["sft"], params, shared)
+        with models.reference(model):
+            sft = sft_answers.measure(model, params, shared)
     else:
         sft = sft_answers.load(sft_answers_dir, shared["validation"], cfg.num_prompts)
     # -- answers from both models (same prompts and seed) and their scores
-    sides = {"sft": sft, "policy": sft_answers.measure(models["policy"], params, shared)}
+    sides = {"sft": sft, "policy": sft_answers.measure(model, params, shared)}
     answers = {name: side["answers"] for name, side in sides.items()}
     rm_scores = {name: side["rm"] for name, side in sides.items()}
     metrics = {f"rm_{k}": v for k, v in win_rate(rm_scores["policy"], rm_scores["sft"]).items()}
@@ -77,8 +78,13 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir,
         metrics |= {f"oracle_{k}": v for k, v in win_rate(oracle["policy"], oracle["sft"]).items()}
 
     # -- drift: KL on the policy's own samples, and answer lengths
-    logp = {name: scoring.completion_logprobs(m, prompts, answers["policy"], tokenizer.pad_token_id,
-                                              cfg.batch_size)[0] for name, m in models.items()}
+    def logp_of_policy_answers():
+        return scoring.completion_logprobs(model, prompts, answers["policy"], tokenizer.pad_token_id,
+                                           cfg.batch_size)[0]
+
+    logp = {"policy": logp_of_policy_answers()}
+    with models.reference(model):
+        logp["sft"] = logp_of_policy_answers()
     metrics["kl_policy_sft"] = kl_estimate(logp["policy"], logp["sft"])
     metrics |= {f"length_{name}": statistics.mean(len(a) for a in ans) for name, ans in answers.items()}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlhf import align, base, generation, train
+from rlhf import base, generation, models
 from rlhf.io import UserError, read_json
 
 CARD_FILE = "README.md"
@@ -43,12 +43,14 @@ def merged_policy(params, base_dir, sft_dir, policy_dir):
     cfg = dataclasses.replace(params.model, quantization="none", dtype="float32")
     # PEFT unties a trained lm_head copy (lora.modules_to_save) from the embeddings when it merges, so the saved
     # head is the trained one (tests/test_export.py compares log-probs)
-    return align.load_trained_policy(base_dir, sft_dir, policy_dir, cfg).merge_and_unload().eval()
+    # on a policy trained from the base, models.policy loads the SFT adapter beside it (for evaluate's reference):
+    # only the active, align adapter is merged, and the SFT adapter is dropped with the rest of PEFT's layers
+    return models.policy(base_dir, sft_dir, policy_dir, cfg).merge_and_unload().eval()
 
 
 def export_dtype(params) -> torch.dtype:
     name = params.export.dtype
-    return train.torch_dtype(params.model) if name == "auto" else getattr(torch, name)
+    return models.torch_dtype(params.model) if name == "auto" else getattr(torch, name)
 
 
 def git_commit() -> str:
@@ -130,7 +132,7 @@ def run(params, base_dir, sft_dir, policy_dir, eval_metrics_path, out: Path) -> 
     refuse_if_gate_failed(eval_metrics, params.export.ignore_gate)
     dtype = export_dtype(params)
     recorded = facts(params, base_dir, eval_metrics, dtype)
-    tokenizer = base.load_tokenizer(base_dir)
+    tokenizer = models.tokenizer(base_dir)
     model = merged_policy(params, base_dir, sft_dir, policy_dir).to(dtype)
     stops = generation.stop_ids(tokenizer)  # the template's end of turn, which need not be the tokenizer's EOS (Gemma)
     model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops

@@ -10,7 +10,7 @@ KTO reads none of this: its reference terms depend on its own batches (see rlhf/
 """
 from pathlib import Path
 
-from rlhf import base, policy, scoring, tokenize, train
+from rlhf import models, scoring, tokenize
 from rlhf.io import UserError
 
 SPLITS = ("train", "validation")
@@ -36,12 +36,12 @@ def compute(params, tokenized: str | Path, base_dir: str | Path, sft_dir: str | 
     """(DatasetDict of both splits' reference log-probs, manifest: rows and ids hash per split)."""
     from datasets import Dataset, DatasetDict, Features, Value
 
-    model = train.to_accelerator(policy.load_sft_merged(base_dir, sft_dir, params.model).eval(), params.model)
-    pad_id = base.load_tokenizer(base_dir).pad_token_id
+    model = models.sft_merged(base_dir, sft_dir, params.model).eval()
+    pad_id = models.tokenizer(base_dir).pad_token_id
     features = Features({"id": Value("string"), **{column: Value("float32") for column in COLUMNS}})
     splits, manifest = {}, {}
     for split in SPLITS:
-        rows = train.load_split(tokenized, split, 10**9)
+        rows = tokenize.load_split(tokenized, split, 10**9)
         values = split_logprobs(model, rows, pad_id, params.reference.batch_size, split)
         splits[split] = Dataset.from_dict(values, features=features)
         manifest[split] = {"rows": len(rows), "ids_sha256": tokenize.ids_hash(values["id"])}

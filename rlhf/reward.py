@@ -6,29 +6,11 @@ from pathlib import Path
 
 import torch
 
-from rlhf import base, launch, resuming, scoring, tokenize, train
+from rlhf import launch, models, resuming, scoring, tokenize, train
 from rlhf.config import Params
-from rlhf.io import read_json, write_json
+from rlhf.io import write_json
 
-STATS_FILE = "reward_stats.json"
-
-
-def load_scorer(base_dir: str, sft_dir: str, cfg):
-    """Base model as a one-output scorer with the SFT adapter merged in (the starting point of the reward model)."""
-    from peft import PeftConfig, PeftModel
-
-    model = train.load_model(base_dir, cfg, task="reward")
-    adapter = PeftConfig.from_pretrained(sft_dir)
-    adapter.task_type = None  # a causal-LM adapter on a scorer: the same layers, no generation wrapper
-    return PeftModel.from_pretrained(model, sft_dir, config=adapter).merge_and_unload()
-
-
-def load_reward_model(base_dir: str, sft_dir: str, reward_dir: str, cfg):
-    """The trained reward model, ready to score, and its validation stats (for normalizing rewards)."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(load_scorer(base_dir, sft_dir, cfg), reward_dir).eval()
-    return model, read_json(Path(reward_dir) / STATS_FILE)
+STATS_FILE = models.REWARD_STATS_FILE
 
 
 def pair_stats(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
@@ -67,14 +49,14 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
     print(f"reward: settings after compute.preset: {chosen}")
 
     # -- data: whole sequences (prompt included) for chosen and rejected
-    train_rows = train.load_split(tokenized, "train", section.max_length)
-    validation = train.load_split(tokenized, "validation", section.max_length)
+    train_rows = tokenize.load_split(tokenized, "train", section.max_length)
+    validation = tokenize.load_split(tokenized, "validation", section.max_length)
     train_data = train_rows.map(tokenize.reward_columns, remove_columns=["id", "prompt_ids"])
     eval_data = validation.map(tokenize.reward_columns, remove_columns=["id", "prompt_ids"])
 
     # -- model and trainer
-    tokenizer = base.load_tokenizer(base_dir)
-    model = load_scorer(base_dir, sft_dir, params.model)
+    tokenizer = models.tokenizer(base_dir)
+    model = models.scorer(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir], seed=params.seed, model=params.model,
                                    lora=lora, compute=params.compute, reward=section)
@@ -98,18 +80,3 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
                "train_seconds": round(wall, 2)}
     return metrics, chosen, model
 
-
-def reward_function(scorer, stats: dict, tokenizer, turn_end: tuple[int, list[int]], batch_size: int):
-    """(raw, normalized) reward-model scores of prompt + answer, both (B,). `turn_end` is `base.end_of_turn`: the
-    token that ends an answer and what the chat template writes after it (ChatML: <|im_end|>, then a newline).
-    Answers that ended get that appended, as every answer the reward model was trained on had it. The model reads
-    the last token: scored at a bare <|im_end|>, the built-in task's reward model separated validation pairs 4 times
-    less and tracked the oracle far worse (correlation 0.53 instead of 0.87 on SFT samples)."""
-    end, suffix = turn_end
-
-    def score(prompts: list[list[int]], answers: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        ended = [a + suffix if a[-1:] == [end] else a for a in answers]
-        raw = scoring.reward_scores(scorer, [p + a for p, a in zip(prompts, ended)], tokenizer.pad_token_id,
-                                    batch_size)
-        return raw, (raw - stats["score_mean"]) / stats["score_std"]
-    return score

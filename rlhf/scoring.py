@@ -47,3 +47,18 @@ def reward_scores(model, sequences: list[list[int]], pad_id: int, batch_size: in
         ids, mask = pad_right(sequences[start:start + batch_size], pad_id)
         out.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().cpu())
     return torch.cat(out)
+
+
+def reward_function(scorer, stats: dict, tokenizer, turn_end: tuple[int, list[int]], batch_size: int):
+    """(raw, normalized) reward-model scores of prompt + answer, both (B,). `turn_end` is `base.end_of_turn`: the
+    token that ends an answer and what the chat template writes after it (ChatML: <|im_end|>, then a newline).
+    Answers that ended get that appended, as every answer the reward model was trained on had it. The model reads
+    the last token: scored at a bare <|im_end|>, the built-in task's reward model separated validation pairs 4 times
+    less and tracked the oracle far worse (correlation 0.53 instead of 0.87 on SFT samples)."""
+    end, suffix = turn_end
+
+    def score(prompts: list[list[int]], answers: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ended = [a + suffix if a[-1:] == [end] else a for a in answers]
+        raw = reward_scores(scorer, [p + a for p, a in zip(prompts, ended)], tokenizer.pad_token_id, batch_size)
+        return raw, (raw - stats["score_mean"]) / stats["score_std"]
+    return score

@@ -2,7 +2,7 @@
 TRL's SFTTrainer as configured by the `sft` and `lora` sections."""
 import math
 
-from rlhf import base, resuming, scoring, tokenize, train
+from rlhf import models, resuming, scoring, tokenize, train
 from rlhf.config import Params
 
 
@@ -17,14 +17,14 @@ def run_sft(params: Params, tokenized: str, base_dir: str, out: str, checkpoints
 
     # -- data: the tokenize stage's rows, exactly; prompt + chosen with a completion mask
     columns = ["id", "prompt_ids", "chosen_ids", "rejected_ids"]
-    train_rows = train.load_split(tokenized, "train", section.max_length)
-    validation = train.load_split(tokenized, "validation", section.max_length)
+    train_rows = tokenize.load_split(tokenized, "train", section.max_length)
+    validation = tokenize.load_split(tokenized, "validation", section.max_length)
     train_data = train_rows.map(tokenize.sft_columns, remove_columns=columns)
     eval_data = validation.map(tokenize.sft_columns, remove_columns=columns)
 
     # -- model and trainer
-    tokenizer = base.load_tokenizer(base_dir)
-    model = train.load_model(base_dir, params.model)
+    tokenizer = models.tokenizer(base_dir)
+    model = models.base_model(base_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir], seed=params.seed, model=params.model, lora=lora,
                                    compute=params.compute, sft=section)

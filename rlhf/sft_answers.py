@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf import base, generation, policy, reward, scoring, train
+from rlhf import base, generation, models, scoring, tokenize
 from rlhf.io import UserError
 
 PAIRS = ("chosen", "rejected")
@@ -20,11 +20,11 @@ PAIRS = ("chosen", "rejected")
 def shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir) -> dict:
     """What both models are measured on: the validation split, the prompts they answer, the reward-model scorer, the
     built-in task (None on real data, which has no oracle) and the tokenizer."""
-    tokenizer, batch = base.load_tokenizer(base_dir), params.eval.batch_size
-    validation = train.load_split(tokenized, "validation", 10**9)
-    rm, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
+    tokenizer, batch = models.tokenizer(base_dir), params.eval.batch_size
+    validation = tokenize.load_split(tokenized, "validation", 10**9)
+    rm, stats = models.reward_model(base_dir, sft_dir, reward_dir, params.model)
     return {"validation": validation, "prompts": validation["prompt_ids"][: params.eval.num_prompts],
-            "score": reward.reward_function(rm, stats, tokenizer, base.end_of_turn(tokenizer), batch),
+            "score": scoring.reward_function(rm, stats, tokenizer, base.end_of_turn(tokenizer), batch),
             "task": generation.builtin_task(params.data.source), "tokenizer": tokenizer}
 
 
@@ -49,7 +49,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir):
     from datasets import Dataset, DatasetDict
 
     shared = shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir)
-    side = measure(policy.load_sft_merged(base_dir, sft_dir, params.model).eval(), params, shared)
+    side = measure(models.sft_merged(base_dir, sft_dir, params.model).eval(), params, shared)
     ids = list(shared["validation"]["id"])
     answers = {"id": ids[: len(side["answers"])], "answer_ids": side["answers"], "rm_score": side["rm"].tolist()}
     if "oracle" in side:

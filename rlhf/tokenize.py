@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rlhf import stream
 from rlhf.config import Tokenize
-from rlhf.io import UserError
+from rlhf.io import UserError, read_json
 
 MANIFEST = "manifest.json"
 ARROW_FILE = "data-00000-of-00001.arrow"  # the file name save_to_disk gives a one-file split
@@ -388,3 +388,21 @@ def unpaired_columns(batch: dict) -> dict:
     n = len(batch["prompt_ids"])
     return {"prompt_ids": batch["prompt_ids"] * 2, "completion_ids": batch["chosen_ids"] + batch["rejected_ids"],
             "label": [True] * n + [False] * n}
+
+
+def load_split(tokenized: str | Path, split: str, max_length: int):
+    """One tokenized split, checked against the manifest, and refused if any row would not fit `max_length`
+    (the trainers would truncate or drop it without saying so)."""
+    from datasets import load_from_disk
+
+    manifest = read_json(Path(tokenized) / MANIFEST)
+    # In memory: a dataset mapped while backed by files writes cache files beside them, inside a DVC output.
+    dataset = load_from_disk(str(tokenized), keep_in_memory=True)[split]
+    check_rows(dataset, manifest, split)
+    if manifest[split]["max_length"] > max_length:
+        raise UserError(
+            f"the longest {split} pair is {manifest[split]['max_length']} tokens but the training max_length is "
+            f"{max_length}: the trainer would cut or drop rows. Raise max_length in params.yaml, or lower "
+            "tokenize.max_prompt_length + tokenize.max_completion_length."
+        )
+    return dataset

@@ -1,14 +1,13 @@
-"""What every training stage shares: the memory preset, hardware checks, model loading with LoRA / QLoRA, the
-tokenized data with its row check, and tracking (DVCLive always, Weights & Biases as an option)."""
+"""What every training stage shares: the memory preset, LoRA / QLoRA settings, precision, and tracking (DVCLive
+always, Weights & Biases as an option). Models and data come from rlhf/models.py and rlhf/tokenize.py."""
 import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
-from rlhf import base, launch, resuming, tokenize
+from rlhf import launch, models, resuming
 from rlhf.config import Lora, Model, Params, Training
-from rlhf.io import UserError, read_json
 
 # compute.preset: the values it fills in where params.yaml says null. Explicit values always win.
 PRESETS = {
@@ -48,7 +47,7 @@ def resolve_modules_to_save(lora: Lora, model_name: str) -> list[str] | None:
 def model_settings(params: Params) -> dict:
     """How the model is loaded and trained, as recorded in every training stage's metrics: the dtype `auto` resolved
     to, the quantization, the modules trained in full, and activation checkpointing."""
-    return {"dtype": str(torch_dtype(params.model)).removeprefix("torch."), "quantization": params.model.quantization,
+    return {"dtype": str(models.torch_dtype(params.model)).removeprefix("torch."), "quantization": params.model.quantization,
             "modules_to_save": resolve_modules_to_save(params.lora, params.model.name),
             "activation_checkpointing": params.compute.activation_checkpointing}
 
@@ -70,90 +69,10 @@ def resolve(params: Params, section: Training, memory_gb: float | None) -> tuple
     return section, lora, chosen
 
 
-def check_hardware(cfg: Model) -> None:
-    """Refuse, before anything is loaded, what this machine cannot do, and say what to set instead. k-bit layers
-    (bitsandbytes 0.50) and bf16 run on a CPU too (measured with the pinned stack, see README)."""
-    cuda = torch.cuda.is_available()
-    if cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
-        raise UserError("model.dtype = bfloat16, but this GPU does not support bf16. Set model.dtype: float16 "
-                        "(or auto).")
-    if cfg.dtype == "float16" and not cuda:
-        # Measured on CPU: SFT trains, but the trainer keeps fp32 copies of the trained modules on fp16 weights, and
-        # the stage's own scoring of that model (outside autocast) then fails with a dtype mismatch.
-        raise UserError("model.dtype = float16 does not run through the pipeline on a CPU (the trained model mixes "
-                        "fp16 weights with fp32 trained modules, and scoring it fails). Set model.dtype: bfloat16, "
-                        "which runs on CPU, or float32 / auto.")
-
-
-def torch_dtype(cfg: Model) -> torch.dtype:
-    if cfg.dtype == "auto":
-        if not torch.cuda.is_available():
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, cfg.dtype)
-
-
 def precision_args(cfg: Model) -> dict:
     """TrainingArguments for mixed precision (TRL's configs default bf16 on: set it explicitly)."""
-    dtype = torch_dtype(cfg)
+    dtype = models.torch_dtype(cfg)
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": not torch.cuda.is_available()}
-
-
-def kbit_device() -> int | str:
-    """Where bitsandbytes quantizes the weights: this process's GPU (LOCAL_RANK under a launcher), or the CPU."""
-    return int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
-
-
-def to_accelerator(model, cfg: Model):
-    """`model` on the GPU if there is one (k-bit weights are put there when loaded)."""
-    return model.to("cuda") if torch.cuda.is_available() and cfg.quantization == "none" else model
-
-
-def check_cpu_4bit_shapes(model) -> None:
-    """bitsandbytes 0.50 runs 4-bit layers for inference on a CPU with AVX512-BF16 through a packed format that needs
-    each layer's input size to be a multiple of the quantization block (64): otherwise the first evaluation fails
-    with a reshape error (measured on a model of width 32). Real models' widths are multiples of 64."""
-    bad = [f"{name} ({m.in_features} inputs)" for name, m in model.named_modules()
-           if getattr(m, "support_avx512bf16_for_cpu", False) and m.weight.device.type == "cpu"
-           and m.in_features % m.weight.quant_state.blocksize != 0]
-    if bad:
-        raise UserError(f"model.quantization = 4bit on this CPU needs every quantized layer's input size to be a "
-                        f"multiple of 64 (bitsandbytes' CPU 4-bit kernels), but {', '.join(bad[:3])} "
-                        f"{'is' if len(bad) == 1 else 'are'} not. Use model.quantization: 8bit or none for this "
-                        "model, or (builtin:tiny) set model.tiny.hidden_size and intermediate_size to multiples of 64.")
-
-
-def load_model(base_dir: str | Path, cfg: Model, task: str = "causal"):
-    """The base model recorded in `base_dir`, for causal LM (`causal`) or as a one-output scorer (`reward`),
-    quantized with bitsandbytes if model.quantization asks for it (on the GPU of this process, or the CPU)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
-
-    check_hardware(cfg)
-    name, revision = base.weights_location(base_dir)
-    dtype = torch_dtype(cfg)
-    kwargs = {"revision": revision, "dtype": dtype}
-    if cfg.quantization == "4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-    elif cfg.quantization == "8bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    if cfg.quantization != "none":  # bitsandbytes quantizes the weights on the device they are placed on
-        kwargs["device_map"] = {"": kbit_device()}
-    if task == "causal":
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **kwargs)
-    if model.config.pad_token_id is None:  # the reward head reads the last non-padding token
-        model.config.pad_token_id = base.load_tokenizer(base_dir).pad_token_id
-    if cfg.quantization == "4bit":
-        check_cpu_4bit_shapes(model)
-    if cfg.quantization != "none":
-        from peft import prepare_model_for_kbit_training
-
-        # Its default also turns activation checkpointing on; that is compute.activation_checkpointing's call, made
-        # by the trainers (common_args) alike for k-bit and full-precision models.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model
 
 
 def trainable_in_float32(model) -> None:
@@ -178,24 +97,6 @@ def lora_config(lora: Lora, task_type: str):
     if task_type == "SEQ_CLS" and fields["modules_to_save"]:
         fields["modules_to_save"] = [m for m in fields["modules_to_save"] if m != "lm_head"] or None
     return LoraConfig(task_type=task_type, **fields)
-
-
-def load_split(tokenized: str | Path, split: str, max_length: int):
-    """One tokenized split, checked against the manifest, and refused if any row would not fit `max_length`
-    (the trainers would truncate or drop it without saying so)."""
-    from datasets import load_from_disk
-
-    manifest = read_json(Path(tokenized) / tokenize.MANIFEST)
-    # In memory: a dataset mapped while backed by files writes cache files beside them, inside a DVC output.
-    dataset = load_from_disk(str(tokenized), keep_in_memory=True)[split]
-    tokenize.check_rows(dataset, manifest, split)
-    if manifest[split]["max_length"] > max_length:
-        raise UserError(
-            f"the longest {split} pair is {manifest[split]['max_length']} tokens but the training max_length is "
-            f"{max_length}: the trainer would cut or drop rows. Raise max_length in params.yaml, or lower "
-            "tokenize.max_prompt_length + tokenize.max_completion_length."
-        )
-    return dataset
 
 
 def open_live(live_dir: str | Path):
@@ -255,7 +156,7 @@ def common_args(section: Training, params: Params, checkpoints: str | Path, repo
         "eval_strategy": "steps",
         "per_device_eval_batch_size": section.per_device_train_batch_size,
         "report_to": report_to,
-        # TRL's configs default it on; set it from params for every model, k-bit or not (load_model leaves it off)
+        # TRL's configs default it on; set it from params for every model, k-bit or not (models.base_model leaves it off)
         "activation_checkpointing": params.compute.activation_checkpointing,
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "non_padding",  # real tokens, summed over all processes

@@ -10,7 +10,7 @@ policy samples on validation prompts.
 """
 import argparse
 
-from rlhf import align, config, launch, resuming, train
+from rlhf import align, config, launch, models, resuming, train
 from rlhf.io import provenance, run, write_json
 
 
@@ -38,7 +38,7 @@ def main():
                                     args.checkpoints, args.live)
         if launch.is_main_process():
             metrics.update(align.oracle_check(params, args.tokenized, args.base, args.sft, model))
-            starts_from = "sft" if align.starts_from_sft(params) else "base"
+            starts_from = "sft" if models.starts_from_sft(params.method, params.orpo.init) else "base"
             section = getattr(params, params.method)
             write_json(tmp / align.INFO_FILE, {"method": params.method, "starts_from": starts_from, **provenance(
                 seed=params.seed, model=params.model, lora=params.lora, compute=params.compute,

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rlhf import base, config, stream, tokenize
+from rlhf import config, models, stream, tokenize
 from rlhf.io import atomic_dir, provenance, run, write_json
 
 
@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--metrics", required=True, help="metrics JSON file")
     args = parser.parse_args()
     params = config.load()
-    tokenizer = base.load_tokenizer(args.base)
+    tokenizer = models.tokenizer(args.base)
 
     metrics, manifest = {}, {}
     with atomic_dir(args.out) as tmp:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from rlhf import base, synthetic
+from rlhf import base, models, synthetic
 from rlhf.io import UserError
 from conftest import messages, repo_params, repo_section
 
@@ -27,7 +27,7 @@ def test_tiny_model_builds_pretrains_and_loads_back(tmp_path):
     cfg = repo_params({**SMALL, "model.pretrain.max_steps": 40, "model.pretrain.per_device_train_batch_size": 8}).model
     stats = base.build_tiny(rows(), cfg, seed=0, out=tmp_path)
     assert stats["pretrain_steps"] == 40 and stats["pretrain_loss"] > 0
-    tokenizer = base.load_tokenizer(tmp_path)
+    tokenizer = models.tokenizer(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert isinstance(model, LlamaForCausalLM) and model.config.hidden_size == 32
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
@@ -67,7 +67,7 @@ def test_local_model_recorded_not_copied(tmp_path, local_model):
     assert not list(out.glob("*.safetensors"))
     (out / base.BASE_FILE).write_text(json.dumps({"weights": weights}))
     assert base.weights_location(out) == (str(local_model), None)
-    tokenizer = base.load_tokenizer(out)
+    tokenizer = models.tokenizer(out)
     assert tokenizer.chat_template == base.FALLBACK_CHAT_TEMPLATE
     # The weights change behind the pipeline's back: later stages refuse them.
     (local_model / "model.safetensors").write_bytes(b"changed")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf import config, evaluate, sft_answers, train
+from rlhf import config, evaluate, sft_answers, tokenize
 from rlhf.io import UserError
 from conftest import evaluate_stages
 from test_align import run_align
@@ -88,7 +88,7 @@ def test_cached_sft_answers_give_the_same_evaluation(evaluated):
 
 
 def test_sft_answers_for_other_prompts_are_refused(evaluated):
-    validation = train.load_split(evaluated / "data/tokenized", "validation", 10**9)
+    validation = tokenize.load_split(evaluated / "data/tokenized", "validation", 10**9)
     assert len(sft_answers.load(evaluated / "data/sft_answers", validation, 12)["answers"]) == 12
     with pytest.raises(UserError, match=r"other validation rows or another eval.num_prompts.*dvc repro sft_answers"):
         sft_answers.load(evaluated / "data/sft_answers", validation, 8)

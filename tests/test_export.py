@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from rlhf import align, evaluate, export
+from rlhf import evaluate, export, models
 from rlhf.config import Gate
 from rlhf.io import UserError
 from conftest import evaluate_stages, repo_section, run_stage, write_params, TINY
@@ -72,7 +72,7 @@ def test_plain_transformers_loads_the_export_and_it_equals_our_policy(exported):
 
     plain = AutoModelForCausalLM.from_pretrained(exported / "models/export").eval()
     assert not hasattr(plain, "peft_config")
-    ours = align.load_trained_policy(exported / "models/base", exported / "models/sft", exported / "models/policy",
+    ours = models.policy(exported / "models/base", exported / "models/sft", exported / "models/policy",
                                      repo_section("model"))
     tokenizer = AutoTokenizer.from_pretrained(exported / "models/export")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Write a review of the film."}],

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from rlhf import align, launch
+from rlhf import align, launch, models
 from rlhf.config import ConfigError
 from tests.conftest import REPO, TINY, repo_params, repo_section, write_params
 
@@ -105,9 +105,7 @@ def test_sft_with_two_processes(tiny_data, tmp_path):
 
     from peft import PeftModel
 
-    from rlhf import train
-
-    base = train.load_model(tmp_path / "models/base", repo_section("model")).eval()
+    base = models.base_model(tmp_path / "models/base", repo_section("model")).eval()
     ids = torch.tensor([[5, 17, 23, 42, 7]])
     with torch.no_grad():
         before = base(ids).logits
@@ -142,7 +140,6 @@ def test_dpo_with_two_processes_through_an_accelerate_config(tiny_trained, tmp_p
     assert {"oracle_sft", "oracle_policy"} <= set(m2)  # the main process ran the align stage's own check
     info = json.loads((tmp_path / "two" / align.INFO_FILE).read_text())
     assert info["params"]["compute"]["num_processes"] == 2
-    model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "two",
-                                      repo_section("model"))
+    model = models.policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "two", repo_section("model"))
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[5, 17, 23, 42, 7]])).logits).all()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf import align, base, config, generation, policy, reward, scoring, train
+from rlhf import config, generation, models, scoring, tokenize, train
 from rlhf.methods import ppo
 from rlhf.ppo import functional, rollouts
 from rlhf.ppo.critic import critic_from_reward_model, policy_with_value_head
@@ -204,7 +204,7 @@ def test_reward_function_scores_ended_answers_with_the_turn_end():
     score 9. Prompt (3) + answer (6, 7) was cut off: scored as it is, score 7. Normalized with mean 1, std 2:
     (9-1)/2 = 4, (7-1)/2 = 3."""
     tokenizer = SimpleNamespace(pad_token_id=0)
-    score = reward.reward_function(LastTokenScorer(), {"score_mean": 1.0, "score_std": 2.0}, tokenizer, (2, [9]), 8)
+    score = scoring.reward_function(LastTokenScorer(), {"score_mean": 1.0, "score_std": 2.0}, tokenizer, (2, [9]), 8)
     raw, normalized = score([[1, 2], [3]], [[5, 2], [6, 7]])
     assert raw.tolist() == [9, 7] and normalized.tolist() == [4, 3]
 
@@ -219,8 +219,8 @@ def tiny_policy(root, **overrides):
     model, value_head = policy_with_value_head(params, root / "models/base", root / "models/sft", lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + list(value_head.parameters()),
                                   lr=params.ppo.learning_rate, weight_decay=0.0)
-    prompts = train.load_split(root / "data/tokenized", "train", 10**9)["prompt_ids"]
-    return params, base.load_tokenizer(root / "models/base"), prompts, model, value_head, optimizer
+    prompts = tokenize.load_split(root / "data/tokenized", "train", 10**9)["prompt_ids"]
+    return params, models.tokenizer(root / "models/base"), prompts, model, value_head, optimizer
 
 
 def oracle_reward(tokenizer, scale: float = 1.0):
@@ -330,21 +330,31 @@ def test_missing_eos_penalty_lowers_cut_off_answers_only(tiny_trained):
 def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
     """The separate critic is the reward model with its head rescaled: before training, its value at each position
     equals the reward model's normalized score of the sequence up to that position. Catches a critic that reads
-    other hidden states than the reward head did, or skips the normalization."""
+    other hidden states than the reward head did, or skips the normalization. It shares the reward model's layers
+    (one copy loaded): with the critic's adapter off, the reward model still scores as before, whatever the critic
+    learned."""
     root = tiny_trained
     params = config.load(root / "params.yaml")
     _, lora, _ = train.resolve(params, params.sft, None)
     stats = {"score_mean": 0.3, "score_std": 2.0}
-    critic, head = critic_from_reward_model(params, root / "models/base", root / "models/sft",
-                                            root / "models/reward", lora, stats)
+    scorer, _ = models.reward_model(root / "models/base", root / "models/sft", root / "models/reward", params.model)
     ids = torch.tensor([[5, 17, 23, 42, 7, 99, 3]])
+    prefixes = [ids[0, : p + 1].tolist() for p in range(2, 6)]  # the state before answer token t sees ids[: t + 1]
+    raw = scoring.reward_scores(scorer, prefixes, pad_id=0)
+    trunk = scorer.get_base_model().model
+    critic, head, scorer = critic_from_reward_model(params, scorer, lora, stats)
+    assert critic.get_base_model() is trunk and scorer.model is trunk  # no second copy of the weights
     with torch.no_grad():
         values = rollouts.critic_values(critic, head, ids, torch.ones_like(ids), torch.tensor([2]), 4)
-    scorer, _ = reward.load_reward_model(root / "models/base", root / "models/sft", root / "models/reward",
-                                         params.model)
-    prefixes = [ids[0, : p + 1].tolist() for p in range(2, 6)]  # the state before answer token t sees ids[: t + 1]
-    expected = (scoring.reward_scores(scorer, prefixes, pad_id=0) - 0.3) / 2.0
-    torch.testing.assert_close(values[0], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(values[0], (raw - 0.3) / 2.0, atol=1e-4, rtol=1e-4)
+
+    with torch.no_grad():  # as if the critic had trained: its adapter now changes the shared layers' output
+        for name, weight in critic.named_parameters():
+            if "lora_B" in name:
+                weight.fill_(0.05)
+    with critic.disable_adapter():
+        torch.testing.assert_close(scoring.reward_scores(scorer, prefixes, pad_id=0), raw, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(scoring.reward_scores(scorer, prefixes, pad_id=0), raw, atol=1e-3)
 
 
 def train_iterations(root, iterations: int, reward_fn, **overrides) -> list[rollouts.RolloutStats]:
@@ -424,8 +434,8 @@ def test_adapter_loads_back_with_same_logits(smoke):
     from peft import PeftModel
 
     root, params, _, model = smoke
-    sft_model = policy.load_sft_merged(root / "models/base", root / "models/sft", repo_section("model"))
-    loaded = PeftModel.from_pretrained(sft_model, root / "ppo-smoke").eval()
+    loaded = PeftModel.from_pretrained(
+        models.sft_merged(root / "models/base", root / "models/sft", repo_section("model")), root / "ppo-smoke").eval()
     ids = torch.tensor([[5, 17, 23, 42, 7, 99]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
@@ -434,7 +444,7 @@ def test_adapter_loads_back_with_same_logits(smoke):
 def test_reference_is_the_sft_model(smoke):
     """The adapter disabled gives the SFT model's log-probs; enabled, the trained policy's differ."""
     root, params, _, model = smoke
-    sft_model = policy.load_sft_merged(root / "models/base", root / "models/sft", repo_section("model")).eval()
+    sft_model = models.sft_merged(root / "models/base", root / "models/sft", repo_section("model")).eval()
     ids, attention_mask = torch.tensor([[5, 17, 23, 42, 7, 99, 3]]), torch.ones(1, 7, dtype=torch.long)
     args = (ids, attention_mask, torch.tensor([2]), 4, 1.0)
     with torch.no_grad():
@@ -466,8 +476,7 @@ def test_align_stage_runs_ppo(tiny_trained, tmp_path):
     metrics = json.loads((tmp_path / "metrics/align.json").read_text())
     assert metrics["method"] == "ppo"
     assert metrics["oracle_gain"] == pytest.approx(metrics["oracle_policy"] - metrics["oracle_sft"], abs=1e-5)
-    model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "models/policy",
-                                      repo_section("model"))
+    model = models.policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "models/policy", repo_section("model"))
     assert (tmp_path / "models/policy" / ppo.VALUE_HEAD_FILE).exists()
     ids = torch.tensor([[5, 17, 23, 42, 7]])
     with torch.no_grad():

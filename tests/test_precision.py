@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, evaluate_stages, reference_stage, repo_params, repo_section, run_stage, write_params
-from rlhf import config, policy, train
+from rlhf import config, models, train
 from rlhf.io import UserError
 
 FAST = {**TINY, "eval.num_prompts": 8, "align.oracle_eval_prompts": 4}
@@ -18,13 +18,12 @@ def test_cpu_precision_checks(monkeypatch):
     """On a CPU: k-bit and bf16 pass the hardware check (measured to run, see the slow tests); fp16 is refused with
     the measured reason and what to set instead; auto means fp32."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for ok in ({"quantization": "4bit"}, {"quantization": "8bit"}, {"dtype": "bfloat16"}):
-        train.check_hardware(repo_section("model", **ok))
+    for ok in (repo_section("model", quantization="4bit"), repo_section("model", quantization="8bit"), repo_section("model", dtype="bfloat16")):
+        models.check_hardware(ok)
     with pytest.raises(UserError, match="float16 does not run through the pipeline on a CPU.*bfloat16"):
-        train.check_hardware(repo_section("model", dtype="float16"))
-    assert train.torch_dtype(repo_section("model")) == torch.float32
-    bf16 = repo_section("model", dtype="bfloat16")
-    assert train.precision_args(bf16) == {"bf16": True, "fp16": False, "use_cpu": True}
+        models.check_hardware(repo_section("model", dtype="float16"))
+    assert models.torch_dtype(repo_section("model")) == torch.float32
+    assert train.precision_args(repo_section("model", dtype="bfloat16")) == {"bf16": True, "fp16": False, "use_cpu": True}
 
 
 def test_settings_record_what_auto_resolved_to(monkeypatch):
@@ -132,5 +131,5 @@ def test_bf16_pipeline_on_cpu(tiny_data, tmp_path):
     numbers = [v for k, v in evaluation.items() if not k.startswith("gate_")]  # gate_*: the gate's verdict
     assert numbers and all(torch.isfinite(torch.tensor(v)) for v in numbers)
     cfg = config.load(root / "params.yaml").model
-    merged = policy.load_sft_merged(tiny_data / "models/base", root / "models/sft", cfg)
+    merged = models.sft_merged(tiny_data / "models/base", root / "models/sft", cfg)
     assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}

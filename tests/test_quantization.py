@@ -8,10 +8,10 @@ import torch
 
 from conftest import (TINY, data_stages, evaluate_stages, reference_stage, repo_params, repo_section, run_stage,
                       write_params)
-from rlhf import align, config, policy, reward, sft, train
+from rlhf import align, config, models, sft, tokenize, train
 from rlhf.io import UserError
 
-# bitsandbytes' CPU 4-bit kernels need layer input sizes that are multiples of 64 (train.check_cpu_4bit_shapes), so
+# bitsandbytes' CPU 4-bit kernels need layer input sizes that are multiples of 64 (models.check_cpu_4bit_shapes), so
 # these runs widen TINY's model from 32 to 64; little data and few steps, as 4-bit layers are slow on a CPU.
 WIDE = {**TINY, "model.tiny.hidden_size": 64, "model.tiny.intermediate_size": 128, "data.builtin.num_pairs": 60,
         "prepare.validation_size": 8, "eval.num_prompts": 8, "align.oracle_eval_prompts": 4,
@@ -52,7 +52,7 @@ def wide_data(tmp_path_factory):
 
 def validation_batch(data, rows: int = 4) -> torch.Tensor:
     """The first validation sequences (prompt + chosen), cut to a common length: a batch without padding."""
-    split = train.load_split(data / "data/tokenized", "validation", 10**9)
+    split = tokenize.load_split(data / "data/tokenized", "validation", 10**9)
     seqs = [p + c for p, c in zip(split["prompt_ids"][:rows], split["chosen_ids"][:rows])]
     return torch.tensor([s[: min(map(len, seqs))] for s in seqs])
 
@@ -72,7 +72,7 @@ def test_cpu_4bit_refuses_layer_widths_bitsandbytes_cannot_run(tiny_data):
     if not bnb.nn.Linear4bit(64, 64).support_avx512bf16_for_cpu:
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes takes another path, which has no such limit")
     with pytest.raises(UserError, match=r"multiple of 64.*q_proj \(32 inputs\).*model.quantization: 8bit or none"):
-        train.load_model(tiny_data / "models/base", repo_section("model", quantization="4bit"))
+        models.base_model(tiny_data / "models/base", repo_section("model", quantization="4bit"))
 
 
 def test_ppo_refuses_activation_checkpointing():
@@ -109,15 +109,15 @@ def test_kbit_pipeline_sft_reward_dpo_evaluate(wide_data, tmp_path, quantization
 
     # -- the layers really are k-bit, in every model a later stage loads
     base_dir, sft_dir, policy_dir = wide_data / "models/base", root / "models/sft", root / "models/policy"
-    merged = policy.load_sft_merged(base_dir, sft_dir, cfg).eval()
-    scorer, _ = reward.load_reward_model(base_dir, sft_dir, root / "models/reward", cfg)
+    merged = models.sft_merged(base_dir, sft_dir, cfg).eval()
+    scorer, _ = models.reward_model(base_dir, sft_dir, root / "models/reward", cfg)
     kind = {"4bit": bnb.nn.Linear4bit, "8bit": bnb.nn.Linear8bitLt}[quantization]
     for model in (merged, scorer):  # the scorer's layers are PEFT wrappers of its k-bit base layers
         layers = [getattr(m, "base_layer", m) for n, m in model.named_modules() if n.endswith(("q_proj", "down_proj"))]
         assert len(layers) == 4 and all(isinstance(m, kind) for m in layers), [type(m) for m in layers]
 
     # -- the policy's adapter loads back with the weights the align stage saved, and moves the model
-    trained = align.load_trained_policy(base_dir, sft_dir, policy_dir, cfg)
+    trained = models.policy(base_dir, sft_dir, policy_dir, cfg)
     saved = load_file(policy_dir / "adapter_model.safetensors")
     loaded = {n.replace(".default", ""): p for n, p in trained.named_parameters() if "lora_B" in n}
     assert loaded and any(t.abs().sum() > 0 for n, t in saved.items() if "lora_B" in n)  # trained off zero init
@@ -137,11 +137,11 @@ def test_kbit_pipeline_sft_reward_dpo_evaluate(wide_data, tmp_path, quantization
     # measured on the same batch (k-bit base against fp32 base).
     from peft import PeftModel
 
-    unmerged = PeftModel.from_pretrained(train.load_model(base_dir, cfg), sft_dir).eval()
-    quantization_error = (logits(train.load_model(base_dir, cfg).eval(), ids)
-                          - logits(train.load_model(base_dir, repo_section("model")).eval(), ids)).abs().max().item()
+    unmerged = PeftModel.from_pretrained(models.base_model(base_dir, cfg), sft_dir).eval()
+    quantization_error = (logits(models.base_model(base_dir, cfg).eval(), ids)
+                          - logits(models.base_model(base_dir, repo_section("model")).eval(), ids)).abs().max().item()
     merge_error = (reference - logits(unmerged, ids)).abs().max().item()
-    sft_shift = (logits(unmerged, ids) - logits(train.load_model(base_dir, cfg).eval(), ids)).abs().max().item()
+    sft_shift = (logits(unmerged, ids) - logits(models.base_model(base_dir, cfg).eval(), ids)).abs().max().item()
     print(f"{quantization}: merge error {merge_error:.4g}, base quantization error {quantization_error:.4g}, "
           f"SFT's own change {sft_shift:.4g}")
     assert merge_error <= 2 * quantization_error

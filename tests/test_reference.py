@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import load_from_disk
 
-from rlhf import base, config, policy, reference, tokenize, train
+from rlhf import config, models, reference, tokenize, train
 from rlhf.io import UserError
 from rlhf.methods import dpo
 
@@ -20,7 +20,7 @@ def test_reference_stage_output(tiny_trained):
     manifest = json.loads((tiny_trained / "data/reference" / reference.MANIFEST).read_text())
     tokenized = json.loads((tiny_trained / "data/tokenized" / tokenize.MANIFEST).read_text())
     for split in reference.SPLITS:
-        rows = train.load_split(tiny_trained / "data/tokenized", split, 10**9)
+        rows = tokenize.load_split(tiny_trained / "data/tokenized", split, 10**9)
         assert saved[split].column_names == ["id", *reference.COLUMNS]
         assert list(saved[split]["id"]) == list(rows["id"])
         assert manifest[split] == {"rows": len(rows), "ids_sha256": tokenized[split]["ids_sha256"]}
@@ -35,15 +35,15 @@ def test_reference_logprobs_equal_trls_own_reference_pass(tiny_trained, tmp_path
 
     params = config.load(tiny_trained / "params.yaml")
     section, lora, _ = train.resolve(params, params.dpo, None)
-    rows = {split: train.load_split(tiny_trained / "data/tokenized", split, 10**9).remove_columns("id")
+    rows = {split: tokenize.load_split(tiny_trained / "data/tokenized", split, 10**9).remove_columns("id")
             for split in reference.SPLITS}
     args = DPOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=True, per_device_train_batch_size=16,
                      per_device_eval_batch_size=16, max_length=section.max_length, report_to=[],
                      **train.precision_args(params.model))
     trainer = dpo.PretokenizedDPOTrainer(
-        model=policy.load_sft_merged(tiny_trained / "models/base", tiny_trained / "models/sft", params.model),
+        model=models.sft_merged(tiny_trained / "models/base", tiny_trained / "models/sft", params.model),
         ref_model=None, args=args, train_dataset=rows["train"], eval_dataset=rows["validation"],
-        processing_class=base.load_tokenizer(tiny_trained / "models/base"),
+        processing_class=models.tokenizer(tiny_trained / "models/base"),
         peft_config=train.lora_config(lora, "CAUSAL_LM"))
     ours = load_from_disk(str(tiny_trained / "data/reference"))
     for split, theirs in (("train", trainer.train_dataset), ("validation", trainer.eval_dataset)):
@@ -54,7 +54,7 @@ def test_reference_logprobs_equal_trls_own_reference_pass(tiny_trained, tmp_path
 
 def test_a_reference_for_other_rows_is_refused(tiny_trained, tmp_path):
     """Reversed rows, or a reference missing a row, is a UserError naming the stage to rerun."""
-    rows = train.load_split(tiny_trained / "data/tokenized", "validation", 10**9)
+    rows = tokenize.load_split(tiny_trained / "data/tokenized", "validation", 10**9)
     saved = load_from_disk(str(tiny_trained / "data/reference"))
     for name, bad in (("reversed", saved["validation"].select(range(len(rows) - 1, -1, -1))),
                       ("short", saved["validation"].select(range(len(rows) - 1)))):

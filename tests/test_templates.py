@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf import base, generation, reward, synthetic, tokenize
+from rlhf import base, generation, models, scoring, synthetic, tokenize
 from rlhf.io import UserError
 from conftest import repo_section
 
@@ -96,7 +96,7 @@ def family(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     folder = family_folder(spec, root / "model")
     base.resolve_pretrained(repo_section("model", name=str(folder)), root / "base")
-    return spec, base.load_tokenizer(root / "base"), folder
+    return spec, models.tokenizer(root / "base"), folder
 
 
 def user(text):
@@ -218,7 +218,7 @@ def test_reward_scores_an_ended_answer_with_the_template_turn_end(family):
     scorer.parameters = lambda: iter([torch.zeros(1)])
     ex = tokenize.encode(conversations(spec)[0], tok, "keep")
     answer = ex["chosen_ids"][: len(ex["chosen_ids"]) - len(turn_end[1])]  # as generated: up to the end token
-    reward.reward_function(scorer, {"score_mean": 0.0, "score_std": 1.0}, tok, turn_end, 4)(
+    scoring.reward_function(scorer, {"score_mean": 0.0, "score_std": 1.0}, tok, turn_end, 4)(
         [ex["prompt_ids"]], [answer])
     assert seen == [ex["prompt_ids"] + ex["chosen_ids"]]
 
@@ -313,7 +313,7 @@ def test_fallback_template_ends_turns_with_the_tokenizers_eos(tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     base.resolve_pretrained(repo_section("model", name=str(folder)), tmp_path / "base")
-    tok = base.load_tokenizer(tmp_path / "base")
+    tok = models.tokenizer(tmp_path / "base")
     assert tok.chat_template == base.FALLBACK_CHAT_TEMPLATE
     assert base.end_of_turn(tok) == (tok.eos_token_id, tok("\n", add_special_tokens=False)["input_ids"])
 
@@ -347,7 +347,7 @@ def test_dvc_repro_with_a_local_qwen2_model(tmp_path):
     assert weights["kind"] == "local" and weights["path"] == str(folder.resolve())
     from datasets import load_from_disk
 
-    tok = base.load_tokenizer(root / "models/base")
+    tok = models.tokenizer(root / "models/base")
     row = load_from_disk(str(root / "data/tokenized"))["train"][0]
     assert tok.decode(row["prompt_ids"]).startswith(FAMILIES["qwen2_5"].prompt_start)
     assert tok.decode(row["prompt_ids"]).endswith("<|im_start|>assistant\n")

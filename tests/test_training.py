@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from rlhf import base, config, reward, scoring, sft, tokenize, train
+from rlhf import base, config, models, reward, scoring, sft, tokenize, train
 from conftest import repo_params, repo_section
 from rlhf.io import UserError
 
@@ -44,13 +44,13 @@ def test_precision_checks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     monkeypatch.setattr(base, "weights_location", lambda *_: pytest.fail("loaded weights before checking hardware"))
     with pytest.raises(UserError, match="does not support bf16. Set model.dtype: float16"):
-        train.load_model("unused", repo_section("model", dtype="bfloat16"))
-    assert train.torch_dtype(repo_section("model")) == torch.float16
+        models.base_model("unused", repo_section("model", dtype="bfloat16"))
+    assert models.torch_dtype(repo_section("model")) == torch.float16
 
 
 def test_max_length_too_small_for_the_data(tiny_data):
     with pytest.raises(UserError, match=r"longest train pair is \d+ tokens but the training max_length is 8"):
-        train.load_split(tiny_data / "data/tokenized", "train", max_length=8)
+        tokenize.load_split(tiny_data / "data/tokenized", "train", max_length=8)
 
 
 # -- SFT -------------------------------------------------------------------------------------------------------------
@@ -60,13 +60,13 @@ def test_completion_only_loss_on_a_hand_made_example(tiny_data):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = base.load_tokenizer(tiny_data / "models/base")
+    tokenizer = models.tokenizer(tiny_data / "models/base")
     example = tokenize.encode({"id": "x", "prompt": [{"role": "user", "content": "How was the pizza?"}],
                                "chosen": [{"role": "assistant", "content": "the pizza was great."}],
                                "rejected": [{"role": "assistant", "content": "it was awful."}]}, tokenizer, "keep")
     short = {**example, "chosen_ids": example["chosen_ids"][:3]}
     data = Dataset.from_list([tokenize.sft_columns(example), tokenize.sft_columns(short)])
-    model = train.load_model(tiny_data / "models/base", repo_section("model"))
+    model = models.base_model(tiny_data / "models/base", repo_section("model"))
     args = SFTConfig(output_dir=str(tiny_data / "scratch"), per_device_train_batch_size=2, report_to=[],
                      completion_only_loss=True, bf16=False, use_cpu=True, shuffle_dataset=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
@@ -152,9 +152,9 @@ def test_reward_stage_outputs_and_stats(tiny_trained):
 def test_reward_score_matches_a_direct_forward_pass(tiny_trained):
     from datasets import load_from_disk
 
-    model, stats = reward.load_reward_model(tiny_trained / "models/base", tiny_trained / "models/sft",
+    model, stats = models.reward_model(tiny_trained / "models/base", tiny_trained / "models/sft",
                                             tiny_trained / "models/reward", repo_section("model"))
-    tokenizer = base.load_tokenizer(tiny_trained / "models/base")
+    tokenizer = models.tokenizer(tiny_trained / "models/base")
     validation = load_from_disk(str(tiny_trained / "data/tokenized"), keep_in_memory=True)["validation"]
     rows = [tokenize.reward_columns(validation[i]) for i in range(3)]
     sequences = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]

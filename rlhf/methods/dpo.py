@@ -3,13 +3,13 @@ hinge, ...). The policy is the SFT model plus a new LoRA adapter; the reference 
 every pair the reference stage computed once (data/reference), so a policy step runs no reference forward."""
 from trl import DPOConfig, DPOTrainer
 
-from rlhf import base, policy, reference, resuming, train
+from rlhf import models, reference, resuming, tokenize, train
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
     """TRL 1.16's DPOTrainer tokenizes text columns unconditionally. Our rows arrive tokenized once, by the tokenize
     stage, in exactly the columns its preparation produces (prompt_ids, chosen_ids, rejected_ids), and every row
-    fits max_length (train.load_split checks), so preparation is the identity here.
+    fits max_length (tokenize.load_split checks), so preparation is the identity here.
 
     With precompute_ref_log_probs, DPOTrainer runs its own reference pass over the train and eval data when it is
     built (and in evaluate() on a dataset passed to it), to add the columns ref_chosen_logps and ref_rejected_logps.
@@ -27,7 +27,7 @@ class PretokenizedDPOTrainer(DPOTrainer):
 
 def rows_with_reference(tokenized, reference_dir, split: str, max_length: int):
     """A tokenized split with the reference stage's log-probs of each pair, checked to be for the same rows."""
-    rows = train.load_split(tokenized, split, max_length)
+    rows = tokenize.load_split(tokenized, split, max_length)
     return reference.add_columns(rows, reference_dir, split).remove_columns("id")
 
 
@@ -43,7 +43,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     validation = rows_with_reference(tokenized, reference_dir, "validation", section.max_length)
 
     # -- model: SFT weights + new adapter
-    model = policy.load_sft_merged(base_dir, sft_dir, params.model)
+    model = models.sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir, reference_dir],
                                    **resuming.align_sections(params, "dpo"))
@@ -52,7 +52,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     config["precompute_ref_log_probs"] = True  # read from the rows (see PretokenizedDPOTrainer)
     trainer = PretokenizedDPOTrainer(
         model=model, ref_model=None, args=DPOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
-        processing_class=base.load_tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
+        processing_class=models.tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
         callbacks=callbacks)
     train.trainable_in_float32(trainer.model)
     metrics = train.fit(trainer, out, len(train_rows), resume)

@@ -7,7 +7,7 @@ import dataclasses
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from rlhf import base, generation, policy, resuming, reward, train
+from rlhf import base, generation, models, resuming, scoring, tokenize, train
 from rlhf.io import UserError
 
 
@@ -26,7 +26,7 @@ def prompt_dataset(prompt_ids: list[list[int]], tokenizer) -> Dataset:
 
 def reward_model_reward(score):
     """A GRPO reward function: the reward model's normalized score of prompt + completion, on token ids
-    (`score` is rlhf.reward.reward_function's scorer)."""
+    (`score` is rlhf.scoring.reward_function's scorer)."""
     def rm_reward(prompts, completions, completion_ids, prompt_ids, **kwargs):
         return score(prompt_ids, completion_ids)[1].tolist()
     return rm_reward
@@ -45,15 +45,15 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     set_seed(params.seed)
     section = params.grpo
     _, lora, chosen = train.resolve(params, section, train.accelerator_memory_gb())
-    tokenizer = base.load_tokenizer(base_dir)
+    tokenizer = models.tokenizer(base_dir)
 
     # -- data: prompts only; the answers are sampled during training
-    train_rows = train.load_split(tokenized, "train", max_length=10**9)
+    train_rows = tokenize.load_split(tokenized, "train", max_length=10**9)
     prompts = prompt_dataset(train_rows["prompt_ids"], tokenizer)
 
     # -- rewards: the trained reward model, plus the oracle where asked for
-    scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    funcs = [reward_model_reward(reward.reward_function(scorer, stats, tokenizer, base.end_of_turn(tokenizer),
+    scorer, stats = models.reward_model(base_dir, sft_dir, reward_dir, params.model)
+    funcs = [reward_model_reward(scoring.reward_function(scorer, stats, tokenizer, base.end_of_turn(tokenizer),
                                                         section.per_device_train_batch_size))]
     task = generation.builtin_task(params.data.source)
     if section.oracle_reward:
@@ -63,7 +63,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
         funcs.append(oracle_reward(task, tokenizer))
 
     # -- trainer
-    model = policy.load_sft_merged(base_dir, sft_dir, params.model)
+    model = models.sft_merged(base_dir, sft_dir, params.model)
     model.generation_config.eos_token_id = generation.stop_ids(tokenizer)  # TRL stops at these and EOS
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],

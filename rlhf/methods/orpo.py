@@ -3,7 +3,7 @@ weighted by `orpo.beta`. ORPO folds SFT into the same stage, so by default it st
 (`orpo.init: base`); `init: sft` starts from the SFT model instead. Either way it trains a new LoRA adapter."""
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from rlhf import base, policy, resuming, tokenize, train
+from rlhf import models, resuming, tokenize, train
 
 
 class PretokenizedORPOTrainer(ORPOTrainer):
@@ -22,14 +22,11 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     print(f"orpo: settings after compute.preset: {chosen}")
 
     # -- data: the tokenize stage's rows as they are
-    train_rows = train.load_split(tokenized, "train", section.max_length).remove_columns("id")
-    validation = train.load_split(tokenized, "validation", section.max_length).remove_columns("id")
+    train_rows = tokenize.load_split(tokenized, "train", section.max_length).remove_columns("id")
+    validation = tokenize.load_split(tokenized, "validation", section.max_length).remove_columns("id")
 
     # -- model: base (default) or SFT weights + a new adapter
-    if section.init == "sft":
-        model = policy.load_sft_merged(base_dir, sft_dir, params.model)
-    else:
-        model = train.load_model(base_dir, params.model)
+    model = models.align_start(params, base_dir, sft_dir)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
                                    **resuming.align_sections(params, "orpo"))
@@ -37,7 +34,7 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     del config["init"]  # ours, not an ORPOConfig field
     trainer = PretokenizedORPOTrainer(
         model=model, args=ORPOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
-        processing_class=base.load_tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
+        processing_class=models.tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
         callbacks=callbacks)
     metrics = train.fit(trainer, out, len(train_rows), resume)
     return {**metrics, **chosen}, trainer.model

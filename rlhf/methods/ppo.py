@@ -6,15 +6,16 @@ is plain PyTorch + PEFT, one loop in `run`.
 This module is the recipe: it orchestrates and owns the checkpoint format. The parts are in rlhf/ppo/:
 `functional` (the math, pure functions on tensors), `rollouts` (the typed records, sampling and the per-token forward
 passes) and `critic` (the policy with its value head, or a separate critic from the reward model; `ppo.critic`). The
-reward model scores prompt + answer + the chat template's turn end (see `rlhf.reward.reward_function`), as it saw
+reward model scores prompt + answer + the chat template's turn end (see `rlhf.scoring.reward_function`), as it saw
 answers in training.
 """
+import contextlib
 import time
 from pathlib import Path
 
 import torch
 
-from rlhf import base, generation, resuming, reward, train
+from rlhf import base, generation, models, resuming, scoring, tokenize, train
 from rlhf.ppo import functional, rollouts
 from rlhf.ppo.critic import critic_from_reward_model, policy_with_value_head
 
@@ -117,29 +118,32 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     section = params.ppo
     _, lora, chosen = train.resolve(params, params.sft, train.accelerator_memory_gb())  # only the LoRA settings
     print(f"ppo: settings after compute.preset: lora r={lora.r}, lora_alpha={lora.lora_alpha} ({chosen['preset']})")
-    tokenizer = base.load_tokenizer(base_dir)
+    tokenizer = models.tokenizer(base_dir)
 
     # -- data: the training prompts, shuffled once, then cycled (iteration i's prompts depend on i only)
-    train_rows = train.load_split(tokenized, "train", max_length=10**9)
+    train_rows = tokenize.load_split(tokenized, "train", max_length=10**9)
     prompts = train_rows["prompt_ids"]
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(params.seed)).tolist()
 
     # -- models: reward model (and its normalization); policy = SFT + new adapter (reference: adapter disabled);
     # the critic: a value head on the policy, or a separate model from the reward model
-    scorer, stats = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    scorer = train.to_accelerator(scorer, params.model)
+    scorer, stats = models.reward_model(base_dir, sft_dir, reward_dir, params.model)
     model, value_head = policy_with_value_head(params, base_dir, sft_dir, lora)
     turn_end = base.end_of_turn(tokenizer)
     if section.reward_normalization == "sft_samples":
         first = [prompts[order[k % len(order)]] for k in range(NORMALIZATION_PROMPTS)]
-        stats = sft_sample_stats(model, reward.reward_function(scorer, stats, tokenizer, turn_end,
+        stats = sft_sample_stats(model, scoring.reward_function(scorer, stats, tokenizer, turn_end,
                                                                section.mini_batch_size),
                                  tokenizer, first, section, seed=params.seed)
         print(f"ppo: reward normalized with SFT samples' mean {stats['score_mean']:.4f}, std {stats['score_std']:.4f}")
-    reward_fn = reward.reward_function(scorer, stats, tokenizer, turn_end, section.mini_batch_size)
     critic = None
     if section.critic == "separate":
-        critic, value_head = critic_from_reward_model(params, base_dir, sft_dir, reward_dir, lora, stats)
+        critic, value_head, scorer = critic_from_reward_model(params, scorer, lora, stats)
+    score = scoring.reward_function(scorer, stats, tokenizer, turn_end, section.mini_batch_size)
+
+    def reward_fn(prompts, answers):  # a separate critic's adapter sits in the reward model's layers: off to score
+        with critic.disable_adapter() if critic is not None else contextlib.nullcontext():
+            return score(prompts, answers)
     policy_params = [p for p in model.parameters() if p.requires_grad]
     critic_params = list(value_head.parameters())
     if critic is not None:

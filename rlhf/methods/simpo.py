@@ -3,7 +3,7 @@ margin `simpo.simpo_gamma`, run as TRL's CPOTrainer (trl.experimental) with loss
 adds CPO's NLL term (0: pure SimPO). Starts from the SFT model with a new LoRA adapter."""
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-from rlhf import base, policy, resuming, tokenize, train
+from rlhf import models, resuming, tokenize, train
 
 
 class PretokenizedCPOTrainer(CPOTrainer):
@@ -21,17 +21,17 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     section, lora, chosen = train.resolve(params, params.simpo, train.accelerator_memory_gb())
     print(f"simpo: settings after compute.preset: {chosen}")
 
-    train_rows = train.load_split(tokenized, "train", section.max_length).remove_columns("id")
-    validation = train.load_split(tokenized, "validation", section.max_length).remove_columns("id")
+    train_rows = tokenize.load_split(tokenized, "train", section.max_length).remove_columns("id")
+    validation = tokenize.load_split(tokenized, "validation", section.max_length).remove_columns("id")
 
-    model = policy.load_sft_merged(base_dir, sft_dir, params.model)
+    model = models.sft_merged(base_dir, sft_dir, params.model)
     report_to, callbacks = train.trackers(params.tracking, live_dir)
     resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
                                    **resuming.align_sections(params, "simpo"))
     config = train.common_args(section, params, checkpoints, report_to)
     trainer = PretokenizedCPOTrainer(
         model=model, args=CPOConfig(**config, loss_type="simpo"), train_dataset=train_rows, eval_dataset=validation,
-        processing_class=base.load_tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
+        processing_class=models.tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
         callbacks=callbacks)
     metrics = train.fit(trainer, out, len(train_rows), resume)
     return {**metrics, **chosen}, trainer.model

@@ -13,14 +13,14 @@ import dataclasses
 
 import torch
 
-from rlhf import policy, reward, train
+from rlhf import models, train
 
 
 def policy_with_value_head(params, base_dir, sft_dir, lora):
     """The SFT model with a new LoRA adapter (seeded), in eval mode, and a zero-initialized value head."""
     from peft import get_peft_model
 
-    model = train.to_accelerator(policy.load_sft_merged(base_dir, sft_dir, params.model), params.model)
+    model = models.sft_merged(base_dir, sft_dir, params.model)
     torch.manual_seed(params.seed)  # the adapter's A matrices are drawn from it
     model = get_peft_model(model, train.lora_config(lora, "CAUSAL_LM"))
     model.eval()  # no dropout anywhere: it would make the ratio differ from 1 before any update
@@ -30,14 +30,16 @@ def policy_with_value_head(params, base_dir, sft_dir, lora):
     return model, value_head
 
 
-def critic_from_reward_model(params, base_dir, sft_dir, reward_dir, lora, stats: dict):
+def critic_from_reward_model(params, scorer, lora, stats: dict):
     """A separate critic: the trained reward model's trunk (its adapter merged) with a new LoRA adapter, and its
     score head as value head, rescaled to the normalized reward, (score - mean) / std, so that its first values are
-    the reward model's own estimate of what the answer will score."""
+    the reward model's own estimate of what the answer will score. Returns (critic, value head, scorer).
+
+    The critic is built on the reward model `scorer` itself, not on a second copy: its adapter is merged in place,
+    and the returned scorer, which shares the critic's layers, must score with the critic's adapter disabled."""
     from peft import get_peft_model
 
-    scorer, _ = reward.load_reward_model(base_dir, sft_dir, reward_dir, params.model)
-    scorer = train.to_accelerator(scorer.merge_and_unload(), params.model)
+    scorer = scorer.merge_and_unload()
     torch.manual_seed(params.seed + 1)  # its adapter's A matrices: not the policy's draw
     critic = get_peft_model(scorer.model, train.lora_config(dataclasses.replace(lora, modules_to_save=None), None))
     critic.eval()
@@ -46,4 +48,4 @@ def critic_from_reward_model(params, base_dir, sft_dir, reward_dir, lora, stats:
     with torch.no_grad():
         value_head.weight.copy_(score / stats["score_std"])
         value_head.bias.fill_(-stats["score_mean"] / stats["score_std"])
-    return critic, value_head
+    return critic, value_head, scorer
