@@ -54,7 +54,8 @@ def run(work: Path, before: str, quick: bool) -> dict:
     old = code_at(before, work / "before")
     results = {}
     for label, code in (("before", old), ("after", REPO)):
-        results[label] = pipeline.timed(stages["evaluate"]["cmd"], root, root / f"evaluate-{label}.log", pythonpath=code)
+        cmd = pipeline.stages(code)["evaluate"]["cmd"]  # each commit's own command line, on the same layout
+        results[label] = pipeline.timed(cmd, root, root / f"evaluate-{label}.log", pythonpath=code)
         results[label]["metrics"] = read_json(root / pipeline.first_out(stages["evaluate"], "metrics"))
     same = results["before"]["metrics"] == results["after"]["metrics"]
     return {"shape": "a reduced shape (--quick)" if quick else "Qwen2-0.5B", "model": made, "before_commit": before,

@@ -13,6 +13,7 @@ import yaml
 from bench import machine
 from rlhf import config
 from rlhf.io import read_json
+from rlhf.paths import interpolate
 
 # Stage commands call `python`: this interpreter's environment goes first. Nothing may reach a hub.
 ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "1",
@@ -42,7 +43,8 @@ def clone(repo: Path, dst: Path, overrides: dict) -> Path:
 
 
 def stages(root: Path) -> dict:
-    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages, with their paths from paths.yaml as DVC resolves them."""
+    return yaml.safe_load(interpolate((root / "dvc.yaml").read_text()))["stages"]
 
 
 def first_out(stage: dict, kind: str = "outs") -> str:

@@ -91,16 +91,13 @@ def data_stages(code: Path, workdir: Path, source: Path, base: Path | None) -> d
     config.write_with_overrides(code / "params.yaml", workdir / "params.yaml", {**SETTINGS, "data.source": str(source)})
     logs = workdir / "logs"
     logs.mkdir()
-    result = {"fetch": run_stage(code, workdir, logs / "fetch.log", "stages.fetch", "--out", "data/fetched")}
-    result["prepare"] = run_stage(code, workdir, logs / "prepare.log", "stages.prepare", "--fetched", "data/fetched",
-                                  "--out", "data/prepared", "--metrics", "metrics/data.json")
+    # the stages' paths.yaml layout inside workdir (code from before paths.yaml took --out and the like instead)
+    result = {"fetch": run_stage(code, workdir, logs / "fetch.log", "stages.fetch")}
+    result["prepare"] = run_stage(code, workdir, logs / "prepare.log", "stages.prepare")
     if base is None:
-        run_stage(code, workdir, logs / "base.log", "stages.base", "--prepared", "data/prepared", "--out",
-                  "models/base")
+        run_stage(code, workdir, logs / "base.log", "stages.base")
         base = workdir / "models/base"
-    result["tokenize"] = run_stage(code, workdir, logs / "tokenize.log", "stages.tokenize", "--prepared",
-                                   "data/prepared", "--base", str(base), "--out", "data/tokenized", "--metrics",
-                                   "metrics/tokenize.json")
+    result["tokenize"] = run_stage(code, workdir, logs / "tokenize.log", "stages.tokenize", "--base", str(base))
     data = json.loads((workdir / "metrics/data.json").read_text())
     tokens = json.loads((workdir / "metrics/tokenize.json").read_text())
     pairs_in = {"fetch": data["rows_read"], "prepare": data["rows_fetched"],

@@ -20,6 +20,7 @@ import torch
 from bench import machine
 from rlhf import models, train
 from rlhf.io import read_jsonl
+from rlhf.paths import layout
 
 
 def isolated(fn, *args) -> dict:
@@ -60,8 +61,9 @@ def ours_sft(params, tokenized: Path, base_dir: Path, work: Path) -> dict:
     from rlhf import sft
 
     run = fresh(work, "ours-sft")
-    metrics, _, _ = sft.run_sft(params, str(tokenized), str(base_dir), str(run / "out"), str(run / "checkpoints"),
-                                str(run / "live"))
+    paths = layout().replace(tokenized=tokenized, base=base_dir, sft_checkpoints=run / "checkpoints",
+                             sft_live=run / "live")
+    metrics, _, _ = sft.train_sft(params, paths, run / "out")
     return {"steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
             "tokens_seen": metrics.get("tokens_seen"), "adapter": str(run / "out")}
 
@@ -72,13 +74,14 @@ def ours_dpo(params, tokenized: Path, base_dir: Path, sft_dir: Path, work: Path)
     from rlhf.methods import dpo
 
     run = fresh(work, "ours-dpo")
-    (run / "reward").mkdir()  # DPO reads no reward model, but the align stage's signature passes one
+    paths = layout().replace(tokenized=tokenized, base=base_dir, sft=sft_dir, reward=run / "reward",
+                             reference=run / "reference", align_checkpoints=run / "checkpoints",
+                             align_live=run / "live")
     start = time.perf_counter()
-    splits, _ = reference.compute(params, tokenized, base_dir, sft_dir)
-    splits.save_to_disk(str(run / "reference"))
+    splits, _ = reference.compute(params, paths)
+    splits.save_to_disk(str(paths.reference))
     reference_seconds = time.perf_counter() - start
-    metrics, _ = dpo.run(params, str(tokenized), str(base_dir), str(sft_dir), str(run / "reward"),
-                         str(run / "reference"), str(run / "out"), str(run / "checkpoints"), str(run / "live"))
+    metrics, _ = dpo.run(params, paths, run / "out")
     return {"steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
             "reference_seconds": round(reference_seconds, 2),
             "tokens_seen": int(metrics.get("tokens_seen", metrics.get("num_input_tokens_seen", 0)))}

@@ -4,9 +4,9 @@ Each method lives in rlhf/methods/<name>.py and exposes the same `run` (see rlhf
 import importlib
 import statistics
 
-from rlhf import generation, models, tokenize
+from rlhf import generation, launch, models, resuming, tokenize, train
 from rlhf.config import METHODS
-from rlhf.io import UserError
+from rlhf.io import UserError, provenance, write_json
 
 INFO_FILE = models.POLICY_INFO_FILE
 
@@ -36,7 +36,7 @@ def check_checkpointing(params) -> None:
                         "it).")
 
 
-def oracle_check(params, tokenized, base_dir, sft_dir, model) -> dict:
+def oracle_check(params, paths, model) -> dict:
     """Mean oracle reward of SFT and policy samples on the first validation prompts (built-in tasks only).
 
     The evaluate stage measures properly; this is the align stage's own evidence that the method moved the policy
@@ -45,11 +45,12 @@ def oracle_check(params, tokenized, base_dir, sft_dir, model) -> dict:
     task = generation.builtin_task(params.data.source)
     if task is None:
         return {}
-    tokenizer = models.tokenizer(base_dir)
-    prompts = tokenize.load_split(tokenized, "validation", 10**9)["prompt_ids"][: params.align.oracle_eval_prompts]
+    tokenizer = models.tokenizer(paths.base)
+    validation = tokenize.load_split(paths.tokenized, "validation", 10**9)
+    prompts = validation["prompt_ids"][: params.align.oracle_eval_prompts]
     model = model.eval()
     if not models.starts_from_sft(params.method, params.orpo.init):
-        models.add_sft_adapter(model, sft_dir)
+        models.add_sft_adapter(model, paths.sft)
 
     def mean_oracle():
         completions = generation.generate(model, prompts, tokenizer, params.align.max_new_tokens,
@@ -61,3 +62,27 @@ def oracle_check(params, tokenized, base_dir, sft_dir, model) -> dict:
     means["policy"] = mean_oracle()
     return {"oracle_sft": round(means["sft"], 6), "oracle_policy": round(means["policy"], 6),
             "oracle_gain": round(means["policy"] - means["sft"], 6)}
+
+
+def run(params, paths) -> None:
+    """The align stage: the policy's adapter, tokenizer and align.json (method, starting point, provenance) in
+    paths.policy; paths.align_metrics has the method's own training metrics and, on a built-in task, the mean oracle
+    reward of SFT and policy samples on validation prompts."""
+    run_method = method_runner(params.method)
+    check_processes(params)
+    check_checkpointing(params)
+    if launch.relaunch(params.compute, "stages.align"):
+        return
+    with launch.stage_output(paths.policy) as tmp:
+        metrics, model = run_method(params, paths, tmp)
+        if launch.is_main_process():
+            metrics.update(oracle_check(params, paths, model))
+            starts_from = "sft" if models.starts_from_sft(params.method, params.orpo.init) else "base"
+            write_json(tmp / INFO_FILE, {"method": params.method, "starts_from": starts_from, **provenance(
+                seed=params.seed, model=params.model, lora=params.lora, compute=params.compute,
+                **{params.method: getattr(params, params.method)})})
+    if not launch.is_main_process():
+        return
+    write_json(paths.align_metrics, {"method": params.method, **train.model_settings(params), **metrics})
+    print(f"align ({params.method}): {metrics}")
+    resuming.discard_checkpoints(paths.align_checkpoints)  # only a run that died resumes

@@ -176,3 +176,18 @@ def weights_location(base_dir: str | Path) -> tuple[str, str | None]:
         return info["path"], None
     return info["name"], info["revision"]
 
+
+def run(params, paths) -> None:
+    """The base stage: paths.base holds the tokenizer and base.json (what to load, and what made it), plus the
+    weights for builtin:tiny."""
+    from rlhf.io import atomic_dir, provenance, read_jsonl, write_json
+
+    with atomic_dir(paths.base) as tmp:
+        if params.model.name == "builtin:tiny":
+            stats = build_tiny(read_jsonl(Path(paths.prepared) / "train.jsonl"), params.model, params.seed, tmp)
+            weights = {"kind": "builtin", **stats}
+        else:
+            weights = resolve_pretrained(params.model, tmp)
+        made_by = {k: getattr(params.model, k) for k in ("name", "revision", "tiny", "pretrain")}
+        write_json(tmp / BASE_FILE, {"weights": weights, **provenance(seed=params.seed, model=made_by)})
+    print(f"base: {params.model.name} -> {paths.base} ({weights})")

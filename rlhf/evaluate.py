@@ -11,10 +11,12 @@ no experiment changes, from the sft_answers stage; see rlhf/sft_answers.py):
 - loss and perplexity of the chosen validation answers under both models.
 """
 import statistics
+from pathlib import Path
 
 import torch
 
 from rlhf import generation, models, scoring, sft_answers
+from rlhf.io import write_json, write_jsonl
 
 
 def win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -51,21 +53,21 @@ def histogram(values: dict[str, list[float]], bins: int = 20) -> list[dict]:
     return rows
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, policy_dir,
-        sft_answers_dir=None) -> tuple[dict, list[dict], dict]:
-    """(metrics, readable samples, plot data) for the policy in `policy_dir` against the SFT model. The SFT model's
-    side comes from the sft_answers stage's output in `sft_answers_dir`, or, without one, is computed here."""
+def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], dict]:
+    """(metrics, readable samples, plot data) for the policy in paths.policy against the SFT model. The SFT model's
+    side comes from the sft_answers stage's output (paths.sft_answers), or, with `cached_sft=False`, is computed
+    here."""
     cfg = params.eval
-    shared = sft_answers.shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir)
+    shared = sft_answers.shared_inputs(params, paths)
     tokenizer, prompts = shared["tokenizer"], shared["prompts"]
     # one model for both sides: under models.reference it is the SFT model, which the KL needs either way (its
     # log-probs of the policy's answers), so the base weights are loaded twice in all, here and in the reward model
-    model = models.policy(base_dir, sft_dir, policy_dir, params.model)
-    if sft_answers_dir is None:
+    model = models.policy(paths.base, paths.sft, paths.policy, params.model)
+    if cached_sft:
+        sft = sft_answers.load(paths.sft_answers, shared["validation"], cfg.num_prompts)
+    else:
         with models.reference(model):
             sft = sft_answers.measure(model, params, shared)
-    else:
-        sft = sft_answers.load(sft_answers_dir, shared["validation"], cfg.num_prompts)
     # -- answers from both models (same prompts and seed) and their scores
     sides = {"sft": sft, "policy": sft_answers.measure(model, params, shared)}
     answers = {name: side["answers"] for name, side in sides.items()}
@@ -141,3 +143,16 @@ def readable_samples(prompts, answers, rm_scores, oracle, tokenizer, n: int) -> 
                 row[f"{name}_oracle"] = round(oracle[name][i].item(), 4)
         rows.append(row)
     return rows
+
+
+def run(params, paths) -> None:
+    """The evaluate stage: paths.eval_metrics (flat, numeric, stable keys for `dvc metrics diff`), paths.samples (a
+    file a person can read: prompt, both answers, their scores) and the plot data in paths.eval_plots."""
+    metrics, samples, plots = measure(params, paths)
+    for name, rows in plots.items():
+        write_json(Path(paths.eval_plots) / f"{name}.json", rows)
+    tmp = Path(paths.samples).with_suffix(".tmp-jsonl")
+    write_jsonl(tmp, samples)
+    tmp.replace(paths.samples)
+    write_json(paths.eval_metrics, metrics)
+    print(f"evaluate ({params.method}): {metrics}")

@@ -19,12 +19,11 @@ import torch
 import yaml
 
 from rlhf import base, generation, models
-from rlhf.io import UserError, read_json
+from rlhf.io import UserError, atomic_dir, read_json
 
 CARD_FILE = "README.md"
-# The outputs whose DVC hashes identify what was merged, by the stage that writes them.
-INPUTS = {"fetch": "data/fetched", "base": "models/base", "sft": "models/sft", "align": "models/policy",
-          "evaluate": "metrics/eval.json"}
+# The outputs whose DVC hashes identify what was merged: the stage that writes each, and its name in rlhf/paths.py.
+INPUTS = {"fetch": "fetched", "base": "base", "sft": "sft", "align": "policy", "evaluate": "eval_metrics"}
 
 
 def refuse_if_gate_failed(metrics: dict, ignore_gate: bool) -> None:
@@ -63,7 +62,7 @@ def git_commit() -> str:
     return f"{head} (with uncommitted changes)" if dirty else head
 
 
-def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict:
+def dvc_hashes(paths, lock_path: str | Path = "dvc.lock") -> dict:
     """{output: md5} of the merged inputs as dvc.lock records them (DVC writes each stage's entry when it finishes,
     so during `dvc repro` these are the inputs of this run)."""
     path = Path(lock_path)
@@ -71,15 +70,16 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict:
         return {}
     stages = yaml.safe_load(path.read_text()).get("stages", {})
     hashes = {}
-    for stage, output in INPUTS.items():
+    for stage, name in INPUTS.items():
+        output = str(getattr(paths, name))
         for entry in stages.get(stage, {}).get("outs", []):
             if entry["path"] == output:
                 hashes[output] = entry.get("md5")
     return hashes
 
 
-def facts(params, base_dir, eval_metrics: dict, dtype: torch.dtype) -> dict:
-    weights = read_json(Path(base_dir) / base.BASE_FILE)["weights"]
+def facts(params, paths, eval_metrics: dict, dtype: torch.dtype) -> dict:
+    weights = read_json(Path(paths.base) / base.BASE_FILE)["weights"]
     method = params.method
     return {
         "base_model": weights,
@@ -94,7 +94,7 @@ def facts(params, base_dir, eval_metrics: dict, dtype: torch.dtype) -> dict:
         "eval": eval_metrics,
         "gate_ignored": not eval_metrics.get("gate_passed", False),
         "git_commit": git_commit(),
-        "dvc_hashes": dvc_hashes(),
+        "dvc_hashes": dvc_hashes(paths),
     }
 
 
@@ -122,18 +122,18 @@ def model_card(f: dict) -> str:
             "tokenizer = AutoTokenizer.from_pretrained(\"models/export\")\n```\n")
 
 
-def run(params, base_dir, sft_dir, policy_dir, eval_metrics_path, out: Path) -> dict | None:
+def write(params, paths, out: Path) -> dict | None:
     """Write the export into `out` (a fresh folder); returns the facts recorded in its card (None: not enabled)."""
     if not params.export.enabled:  # DVC needs the output folder: a note in it says why it holds no model
-        (out / CARD_FILE).write_text("# Not exported\n\nexport.enabled is false; the policy adapter is in "
-                                     "models/policy.\n")
+        (out / CARD_FILE).write_text(f"# Not exported\n\nexport.enabled is false; the policy adapter is in "
+                                     f"{paths.policy}.\n")
         return None
-    eval_metrics = read_json(eval_metrics_path)
+    eval_metrics = read_json(paths.eval_metrics)
     refuse_if_gate_failed(eval_metrics, params.export.ignore_gate)
     dtype = export_dtype(params)
-    recorded = facts(params, base_dir, eval_metrics, dtype)
-    tokenizer = models.tokenizer(base_dir)
-    model = merged_policy(params, base_dir, sft_dir, policy_dir).to(dtype)
+    recorded = facts(params, paths, eval_metrics, dtype)
+    tokenizer = models.tokenizer(paths.base)
+    model = merged_policy(params, paths.base, paths.sft, paths.policy).to(dtype)
     stops = generation.stop_ids(tokenizer)  # the template's end of turn, which need not be the tokenizer's EOS (Gemma)
     model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -141,3 +141,14 @@ def run(params, base_dir, sft_dir, policy_dir, eval_metrics_path, out: Path) -> 
     tokenizer.save_pretrained(out)
     (out / CARD_FILE).write_text(model_card(recorded))
     return recorded
+
+
+def run(params, paths) -> None:
+    """The export stage: paths.export, or, with a failed gate, a refusal that leaves the previous export as it was."""
+    with atomic_dir(paths.export) as tmp:
+        recorded = write(params, paths, tmp)
+    if recorded is None:
+        print(f"export: export.enabled is false; {paths.export} holds only a note")
+    else:
+        print(f"export: {paths.export} ({recorded['method']}, {recorded['model']['export_dtype']}, gate "
+              f"{'FAILED, exported anyway (export.ignore_gate)' if recorded['gate_ignored'] else 'passed'})")

@@ -408,3 +408,22 @@ def sha256(path: Path) -> str:
 def _suffix(path: Path) -> str:
     suffixes = path.suffixes
     return suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else path.suffix
+
+
+def run(params, paths) -> None:
+    """The fetch stage: paths.fetched/rows.jsonl and fetch.json (the counts of rows read, sampled out and skipped,
+    with reasons, and where the data came from)."""
+    from rlhf.io import atomic_dir, provenance, write_json
+
+    with atomic_dir(paths.fetched) as tmp:
+        lines, stats = fetch(params.data, params.seed, stream.workers(params.processing.num_proc),
+                             params.processing.batch_size)
+        with open(tmp / "rows.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        if not stats["rows_fetched"]:
+            raise DataError(f"data.source = {params.data.source!r} gave no usable rows: {stats}. Check the source and "
+                            "data.sample_ratio / data.max_rows.")
+        # No params here: dvc.lock records them, and a param change that leaves the rows as they were must not change
+        # this output's hash and so rerun every stage after it.
+        write_json(tmp / "fetch.json", {**stats, "versions": provenance()["versions"]})
+    print(f"fetch: {stats['rows_fetched']} rows from {params.data.source} -> {paths.fetched}")

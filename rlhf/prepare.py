@@ -136,3 +136,22 @@ def account(fetch_stats: dict, fetched: int, dropped: dict, train: int, validati
     if not lost_in_fetch == counts["rows_fetched"] == fetched == sum(dropped.values()) + train + validation:
         raise RuntimeError(f"row accounting does not add up, a bug: {metrics}")
     return metrics
+
+
+def run(params, paths) -> None:
+    """The prepare stage: paths.prepared/train.jsonl and validation.jsonl, and paths.data_metrics (every row that left
+    the pipeline so far, counted by reason, and the split sizes), written even when no row is left."""
+    from rlhf.io import atomic_dir, read_json, write_json
+
+    fetch_stats = read_json(Path(paths.fetched) / "fetch.json")
+    try:
+        with atomic_dir(paths.prepared) as tmp:
+            rows, dropped, train, validation = prepare(
+                Path(paths.fetched) / "rows.jsonl", tmp, params.prepare, params.seed,
+                stream.workers(params.processing.num_proc), params.processing.batch_size)
+            metrics = account(fetch_stats, rows, dropped, train, validation)
+    except NothingLeft as err:  # no output, but the metrics show where every row went
+        write_json(paths.data_metrics, account(fetch_stats, err.rows, err.dropped, 0, 0))
+        raise
+    write_json(paths.data_metrics, metrics)
+    print(f"prepare: {rows} rows -> {train} train, {validation} validation; {dropped}")

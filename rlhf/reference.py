@@ -11,7 +11,7 @@ KTO reads none of this: its reference terms depend on its own batches (see rlhf/
 from pathlib import Path
 
 from rlhf import models, scoring, tokenize
-from rlhf.io import UserError
+from rlhf.io import UserError, atomic_dir, provenance, write_json
 
 SPLITS = ("train", "validation")
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # TRL's names: DPOTrainer reads them from each batch
@@ -32,16 +32,16 @@ def split_logprobs(model, rows, pad_id: int, batch_size: int, name: str) -> dict
     return out
 
 
-def compute(params, tokenized: str | Path, base_dir: str | Path, sft_dir: str | Path):
+def compute(params, paths):
     """(DatasetDict of both splits' reference log-probs, manifest: rows and ids hash per split)."""
     from datasets import Dataset, DatasetDict, Features, Value
 
-    model = models.sft_merged(base_dir, sft_dir, params.model).eval()
-    pad_id = models.tokenizer(base_dir).pad_token_id
+    model = models.sft_merged(paths.base, paths.sft, params.model).eval()
+    pad_id = models.tokenizer(paths.base).pad_token_id
     features = Features({"id": Value("string"), **{column: Value("float32") for column in COLUMNS}})
     splits, manifest = {}, {}
     for split in SPLITS:
-        rows = tokenize.load_split(tokenized, split, 10**9)
+        rows = tokenize.load_split(paths.tokenized, split, 10**9)
         values = split_logprobs(model, rows, pad_id, params.reference.batch_size, split)
         splits[split] = Dataset.from_dict(values, features=features)
         manifest[split] = {"rows": len(rows), "ids_sha256": tokenize.ids_hash(values["id"])}
@@ -60,3 +60,12 @@ def add_columns(rows, reference_dir: str | Path, split: str):
             f"rows against {len(rows)}, or other ids, or another order). It was written for another data/tokenized: "
             "rerun the reference stage (`dvc repro reference`).")
     return concatenate_datasets([rows, reference.select_columns(list(COLUMNS))], axis=1)
+
+
+def run(params, paths) -> None:
+    """The reference stage: paths.reference holds both splits' log-probs and their manifest."""
+    splits, manifest = compute(params, paths)
+    with atomic_dir(paths.reference) as tmp:
+        splits.save_to_disk(str(tmp))
+        write_json(tmp / MANIFEST, {**manifest, **provenance(model=params.model, reference=params.reference)})
+    print(f"reference: {manifest}")

@@ -8,7 +8,7 @@ import torch
 
 from rlhf import launch, models, resuming, scoring, tokenize, train
 from rlhf.config import Params
-from rlhf.io import write_json
+from rlhf.io import provenance, write_json
 
 STATS_FILE = models.REWARD_STATS_FILE
 
@@ -35,8 +35,7 @@ def score_pairs(model, dataset, pad_id: int, batch_size: int) -> tuple[torch.Ten
             scoring.reward_scores(model, rows["rejected_ids"], pad_id, batch_size))
 
 
-def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out: str, checkpoints: str,
-               live_dir: str):
+def train_reward(params: Params, paths, out):
     """Train, save the adapter, head, tokenizer and validation stats to `out`; returns (metrics, settings the preset
     chose, model)."""
     from transformers import set_seed
@@ -49,27 +48,26 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
     print(f"reward: settings after compute.preset: {chosen}")
 
     # -- data: whole sequences (prompt included) for chosen and rejected
-    train_rows = tokenize.load_split(tokenized, "train", section.max_length)
-    validation = tokenize.load_split(tokenized, "validation", section.max_length)
+    train_rows = tokenize.load_split(paths.tokenized, "train", section.max_length)
+    validation = tokenize.load_split(paths.tokenized, "validation", section.max_length)
     train_data = train_rows.map(tokenize.reward_columns, remove_columns=["id", "prompt_ids"])
     eval_data = validation.map(tokenize.reward_columns, remove_columns=["id", "prompt_ids"])
 
     # -- model and trainer
-    tokenizer = models.tokenizer(base_dir)
-    model = models.scorer(base_dir, sft_dir, params.model)
-    report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir], seed=params.seed, model=params.model,
-                                   lora=lora, compute=params.compute, reward=section)
-    args = RewardConfig(**train.common_args(section, params, checkpoints, report_to))
+    tokenizer = models.tokenizer(paths.base)
+    model = models.scorer(paths.base, paths.sft, params.model)
+    report_to, callbacks = train.trackers(params.tracking, paths.reward_live)
+    resume = resuming.resume_point(paths.reward_checkpoints, [paths.tokenized, paths.base, paths.sft],
+                                   seed=params.seed, model=params.model, lora=lora, compute=params.compute,
+                                   reward=section)
+    args = RewardConfig(**train.common_args(section, params, paths.reward_checkpoints, report_to))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                             processing_class=tokenizer, peft_config=peft_config,
                             callbacks=callbacks)
     train.trainable_in_float32(trainer.model)
-    if len(trainer.train_dataset) != len(train_rows):
-        raise RuntimeError(f"RewardTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
 
     # -- train, measure on validation, save
-    wall = resuming.train_resumable(trainer, resume)
+    wall = train.train(trainer, len(train_rows), resume)
     model = trainer.model.eval()
     stats = pair_stats(*score_pairs(model, validation, tokenizer.pad_token_id, section.per_device_train_batch_size))
     trainer.save_model(out)
@@ -80,3 +78,19 @@ def run_reward(params: Params, tokenized: str, base_dir: str, sft_dir: str, out:
                "train_seconds": round(wall, 2)}
     return metrics, chosen, model
 
+
+def run(params: Params, paths) -> None:
+    """The reward stage: the adapter, score head, tokenizer, validation stats and reward.json (settings, provenance)
+    in paths.reward, and paths.reward_metrics."""
+    if launch.relaunch(params.compute, "stages.reward"):
+        return
+    with launch.stage_output(paths.reward) as tmp:
+        metrics, settings, _ = train_reward(params, paths, tmp)
+        if launch.is_main_process():
+            write_json(tmp / "reward.json", {"settings": settings, **provenance(
+                seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, reward=params.reward)})
+    if not launch.is_main_process():
+        return
+    write_json(paths.reward_metrics, {**metrics, **settings})
+    print(f"reward: {metrics}")
+    resuming.discard_checkpoints(paths.reward_checkpoints)  # only a run that died resumes

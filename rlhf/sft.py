@@ -2,11 +2,12 @@
 TRL's SFTTrainer as configured by the `sft` and `lora` sections."""
 import math
 
-from rlhf import models, resuming, scoring, tokenize, train
+from rlhf import launch, models, resuming, scoring, tokenize, train
 from rlhf.config import Params
+from rlhf.io import provenance, write_json
 
 
-def run_sft(params: Params, tokenized: str, base_dir: str, out: str, checkpoints: str, live_dir: str):
+def train_sft(params: Params, paths, out):
     """Train, save the adapter and tokenizer to `out`; returns (metrics, settings the preset chose, model)."""
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
@@ -17,28 +18,26 @@ def run_sft(params: Params, tokenized: str, base_dir: str, out: str, checkpoints
 
     # -- data: the tokenize stage's rows, exactly; prompt + chosen with a completion mask
     columns = ["id", "prompt_ids", "chosen_ids", "rejected_ids"]
-    train_rows = tokenize.load_split(tokenized, "train", section.max_length)
-    validation = tokenize.load_split(tokenized, "validation", section.max_length)
+    train_rows = tokenize.load_split(paths.tokenized, "train", section.max_length)
+    validation = tokenize.load_split(paths.tokenized, "validation", section.max_length)
     train_data = train_rows.map(tokenize.sft_columns, remove_columns=columns)
     eval_data = validation.map(tokenize.sft_columns, remove_columns=columns)
 
     # -- model and trainer
-    tokenizer = models.tokenizer(base_dir)
-    model = models.base_model(base_dir, params.model)
-    report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir], seed=params.seed, model=params.model, lora=lora,
-                                   compute=params.compute, sft=section)
-    args = SFTConfig(**train.common_args(section, params, checkpoints, report_to),
+    tokenizer = models.tokenizer(paths.base)
+    model = models.base_model(paths.base, params.model)
+    report_to, callbacks = train.trackers(params.tracking, paths.sft_live)
+    resume = resuming.resume_point(paths.sft_checkpoints, [paths.tokenized, paths.base], seed=params.seed,
+                                   model=params.model, lora=lora, compute=params.compute, sft=section)
+    args = SFTConfig(**train.common_args(section, params, paths.sft_checkpoints, report_to),
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                          processing_class=tokenizer, peft_config=train.lora_config(lora, "CAUSAL_LM"),
                          callbacks=callbacks)
     train.trainable_in_float32(trainer.model)
-    if len(trainer.train_dataset) != len(train_rows):
-        raise RuntimeError(f"SFTTrainer kept {len(trainer.train_dataset)} of {len(train_rows)} rows")
 
     # -- train, measure, save
-    wall = resuming.train_resumable(trainer, resume)
+    wall = train.train(trainer, len(train_rows), resume)
     model = trainer.model.eval()
     nll, count = scoring.completion_logprobs(model, validation["prompt_ids"], validation["chosen_ids"],
                                              tokenizer.pad_token_id, section.per_device_train_batch_size)
@@ -53,3 +52,20 @@ def run_sft(params: Params, tokenized: str, base_dir: str, out: str, checkpoints
         "train_seconds": round(wall, 2),  # wall time: the one value that differs between identical runs
     }
     return metrics, chosen, model
+
+
+def run(params: Params, paths) -> None:
+    """The sft stage: the adapter, tokenizer and sft.json (settings, provenance) in paths.sft, and
+    paths.sft_metrics."""
+    if launch.relaunch(params.compute, "stages.sft"):
+        return
+    with launch.stage_output(paths.sft) as tmp:
+        metrics, settings, _ = train_sft(params, paths, tmp)
+        if launch.is_main_process():
+            write_json(tmp / "sft.json", {"settings": settings, **provenance(
+                seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, sft=params.sft)})
+    if not launch.is_main_process():
+        return
+    write_json(paths.sft_metrics, {**metrics, **settings})
+    print(f"sft: {metrics}")
+    resuming.discard_checkpoints(paths.sft_checkpoints)  # only a run that died resumes

@@ -12,17 +12,17 @@ from pathlib import Path
 import torch
 
 from rlhf import base, generation, models, scoring, tokenize
-from rlhf.io import UserError
+from rlhf.io import UserError, atomic_dir, provenance, write_json
 
 PAIRS = ("chosen", "rejected")
 
 
-def shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir) -> dict:
+def shared_inputs(params, paths) -> dict:
     """What both models are measured on: the validation split, the prompts they answer, the reward-model scorer, the
     built-in task (None on real data, which has no oracle) and the tokenizer."""
-    tokenizer, batch = models.tokenizer(base_dir), params.eval.batch_size
-    validation = tokenize.load_split(tokenized, "validation", 10**9)
-    rm, stats = models.reward_model(base_dir, sft_dir, reward_dir, params.model)
+    tokenizer, batch = models.tokenizer(paths.base), params.eval.batch_size
+    validation = tokenize.load_split(paths.tokenized, "validation", 10**9)
+    rm, stats = models.reward_model(paths.base, paths.sft, paths.reward, params.model)
     return {"validation": validation, "prompts": validation["prompt_ids"][: params.eval.num_prompts],
             "score": scoring.reward_function(rm, stats, tokenizer, base.end_of_turn(tokenizer), batch),
             "task": generation.builtin_task(params.data.source), "tokenizer": tokenizer}
@@ -43,13 +43,13 @@ def measure(model, params, shared: dict) -> dict:
     return side
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir):
+def compute(params, paths):
     """The SFT model's side, as datasets to save: "answers" (one row per prompt answered) and "pairs" (one row per
     validation pair), each with the validation rows' ids."""
     from datasets import Dataset, DatasetDict
 
-    shared = shared_inputs(params, tokenized, base_dir, sft_dir, reward_dir)
-    side = measure(models.sft_merged(base_dir, sft_dir, params.model).eval(), params, shared)
+    shared = shared_inputs(params, paths)
+    side = measure(models.sft_merged(paths.base, paths.sft, params.model).eval(), params, shared)
     ids = list(shared["validation"]["id"])
     answers = {"id": ids[: len(side["answers"])], "answer_ids": side["answers"], "rm_score": side["rm"].tolist()}
     if "oracle" in side:
@@ -78,3 +78,15 @@ def load(folder: str | Path, validation, num_prompts: int | None) -> dict:
         side[key] = (torch.tensor(pairs[f"{key}_logps"], dtype=torch.float32),
                      torch.tensor(pairs[f"{key}_tokens"], dtype=torch.int64))
     return side
+
+
+def run(params, paths) -> None:
+    """The sft_answers stage: paths.sft_answers holds the SFT side and the settings it was computed with."""
+    settings = {k: getattr(params.eval, k) for k in ("num_prompts", "max_new_tokens", "temperature", "top_p",
+                                                      "batch_size")}
+    splits = compute(params, paths)
+    with atomic_dir(paths.sft_answers) as tmp:
+        splits.save_to_disk(str(tmp))
+        write_json(tmp / "sft_answers.json", provenance(seed=params.seed, source=params.data.source,
+                                                        model=params.model, eval=settings))
+    print(f"sft_answers: {len(splits['answers'])} answers, {len(splits['pairs'])} validation pairs")

@@ -406,3 +406,26 @@ def load_split(tokenized: str | Path, split: str, max_length: int):
             "tokenize.max_prompt_length + tokenize.max_completion_length."
         )
     return dataset
+
+
+def run(params, paths) -> None:
+    """The tokenize stage: paths.tokenized as a DatasetDict on disk (train, validation) with its manifest (rows and id
+    hash per split), and paths.tokenize_metrics (truncations, drops, lengths)."""
+    from rlhf import models
+    from rlhf.io import atomic_dir, provenance, write_json
+
+    tokenizer = models.tokenizer(paths.base)
+    metrics, manifest = {}, {}
+    with atomic_dir(paths.tokenized) as tmp:
+        for split in ("train", "validation"):
+            # validation longest first in tokens, as prepare sorted it in characters
+            metrics[split], manifest[split] = write_split(
+                Path(paths.prepared) / f"{split}.jsonl", tmp / split, tokenizer, params.tokenize,
+                longest_first=split == "validation", num_proc=stream.workers(params.processing.num_proc),
+                batch_size=params.processing.batch_size)
+        (tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(manifest)}))
+        # Versions but not params: the params are in dvc.lock, and a limit change that leaves every row as it was must
+        # not change this output's hash, or DVC would retrain every stage after it for nothing.
+        write_json(tmp / MANIFEST, {**manifest, "versions": provenance()["versions"]})
+    write_json(paths.tokenize_metrics, metrics)
+    print(f"tokenize: {metrics}")

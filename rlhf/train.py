@@ -169,13 +169,17 @@ def last_logged(log_history: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def fit(trainer, out: str | Path, expected_rows: int, resume: str | None = None) -> dict:
-    """Train (from `resume` if given), evaluate and save the adapter and tokenizer to `out`; returns the last logged
-    value of every training metric, the evaluation metrics, steps and wall time. Refuses to train if the trainer
-    dropped any row."""
+def train(trainer, expected_rows: int, resume: str | None = None) -> float:
+    """Train (from `resume` if given); returns the wall time. Refuses to train if the trainer dropped any row."""
     if len(trainer.train_dataset) != expected_rows:
         raise RuntimeError(f"the trainer kept {len(trainer.train_dataset)} of {expected_rows} training rows")
-    wall = resuming.train_resumable(trainer, resume)
+    return resuming.train_resumable(trainer, resume)
+
+
+def fit(trainer, out: str | Path, expected_rows: int, resume: str | None = None) -> dict:
+    """Train (see `train`), evaluate and save the adapter and tokenizer to `out`; returns the last logged value of
+    every training metric, the evaluation metrics, steps and wall time."""
+    wall = train(trainer, expected_rows, resume)
     evaluation = trainer.evaluate() if trainer.eval_dataset is not None else {}
     trainer.save_model(str(out))
     logged = {}
@@ -190,3 +194,38 @@ def fit(trainer, out: str | Path, expected_rows: int, resume: str | None = None)
     metrics = {k.replace("/", "_"): round(float(v), 6) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not any(n in k for n in noise)}
     return {**metrics, "steps": trainer.state.global_step, "train_seconds": round(wall, 2)}
+
+
+def align_inputs(paths) -> list:
+    """The folders an align run reads: a checkpoint resumes only a run on the same ones."""
+    return [paths.tokenized, paths.base, paths.sft, paths.reward, paths.reference]
+
+
+def fit_method(params, paths, out, trainer_class, config_class, train_rows, validation, model, *,
+               config: dict | None = None, drop: tuple = (), **trainer_kwargs) -> tuple[dict, object]:
+    """The align stage's run of a method built on a TRL trainer: the method's params section (with the preset's
+    choices) and `config` as `config_class`, a new LoRA adapter on `model`, tracking, resuming, the row check, and
+    the adapter saved to `out`. `drop` names section keys that are ours, not the config class's. Returns (metrics
+    with the preset's choices, the trained model)."""
+    section, lora, chosen = resolve(params, getattr(params, params.method), accelerator_memory_gb())
+    report_to, callbacks = trackers(params.tracking, paths.align_live)
+    resume = resuming.resume_point(paths.align_checkpoints, align_inputs(paths),
+                                   **resuming.align_sections(params, params.method))
+    fields = common_args(section, params, paths.align_checkpoints, report_to) | (config or {})
+    trainer = trainer_class(
+        model=model, args=config_class(**{k: v for k, v in fields.items() if k not in drop}), train_dataset=train_rows,
+        eval_dataset=validation, processing_class=models.tokenizer(paths.base),
+        peft_config=lora_config(lora, "CAUSAL_LM"), callbacks=callbacks, **trainer_kwargs)
+    trainable_in_float32(trainer.model)
+    metrics = fit(trainer, out, len(train_rows), resume)
+    return {**metrics, **chosen}, trainer.model
+
+
+def start_method(params):
+    """Seed, and the method's params section with the preset's choices filled in (printed)."""
+    from transformers import set_seed
+
+    set_seed(params.seed)
+    section, _, chosen = resolve(params, getattr(params, params.method), accelerator_memory_gb())
+    print(f"{params.method}: settings after compute.preset: {chosen}")
+    return section

@@ -1,25 +1,19 @@
-"""check: validate `method` before DVC resolves `rlhf/methods/${method}.py` in the align stage's deps.
+"""check: validate params.yaml before DVC resolves `rlhf/methods/${method}.py` in the align stage's deps.
 
-    python -m stages.check --out data/checked
+    python -m stages.check
 
 With `method: ORPO`, DVC would otherwise report a missing file, rlhf/methods/ORPO.py, and never run the check in
-rlhf/config.py that names the allowed values. Every stage runs after this one (fetch depends on its output), so
-this message comes first. OUT holds a constant text: a new `method` reruns this stage (a second), never fetch.
-"""
-import argparse
-from pathlib import Path
+rlhf/config.py that names the allowed values. Every stage runs after this one (fetch depends on its output), so this
+message comes first. Writes `checked`, a constant text: a new `method` reruns this stage (a second), never fetch.
 
-from rlhf import config
+Reads and writes the paths in paths.yaml; give any of them another place on the command line (`--help` lists them).
+"""
+from rlhf import config, paths
 from rlhf.io import run
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Validate params.yaml before the pipeline runs.")
-    parser.add_argument("--out", required=True, help="output file")
-    args = parser.parse_args()
-    config.load()  # raises a UserError naming the key and the allowed values
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("params.yaml passed rlhf/config.py's checks\n")  # constant: see the docstring
+    config.run(config.load(), paths.from_command_line(__doc__))
 
 
 if __name__ == "__main__":

@@ -1,37 +1,18 @@
-"""prepare: filter the fetched rows and split them into train and validation (see rlhf/prepare.py).
+"""prepare: filter the fetched rows and split them into train and validation (rlhf/prepare.py).
 
-    python -m stages.prepare --fetched data/fetched --out data/prepared --metrics metrics/data.json
+    python -m stages.prepare
 
-Writes OUT/train.jsonl (seeded random order) and OUT/validation.jsonl (longest first), and metrics/data.json: every
+Writes `prepared`: train.jsonl (seeded random order) and validation.jsonl (longest first), and `data_metrics`: every
 row that left the pipeline so far, counted by reason, and the split sizes.
-"""
-import argparse
-from pathlib import Path
 
-from rlhf import config, prepare, stream
-from rlhf.io import atomic_dir, read_json, run, write_json
+Reads and writes the paths in paths.yaml; give any of them another place on the command line (`--help` lists them).
+"""
+from rlhf import config, paths, prepare
+from rlhf.io import run
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Filter and split the fetched rows.")
-    parser.add_argument("--fetched", required=True, help="the fetch stage's output folder")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--metrics", required=True, help="metrics JSON file")
-    args = parser.parse_args()
-    params = config.load()
-
-    fetched = Path(args.fetched)
-    try:
-        with atomic_dir(args.out) as tmp:
-            rows, dropped, train, validation = prepare.prepare(
-                fetched / "rows.jsonl", tmp, params.prepare, params.seed, stream.workers(params.processing.num_proc),
-                params.processing.batch_size)
-            metrics = prepare.account(read_json(fetched / "fetch.json"), rows, dropped, train, validation)
-    except prepare.NothingLeft as err:  # no output, but the metrics show where every row went
-        write_json(args.metrics, prepare.account(read_json(fetched / "fetch.json"), err.rows, err.dropped, 0, 0))
-        raise
-    write_json(args.metrics, metrics)
-    print(f"prepare: {rows} rows -> {train} train, {validation} validation; {dropped}")
+    prepare.run(config.load(), paths.from_command_line(__doc__))
 
 
 if __name__ == "__main__":

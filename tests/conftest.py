@@ -55,7 +55,8 @@ def repo_section(section: str, /, **fields):
 
 
 def run_stage(workdir: Path, name: str, *args: str) -> None:
-    """Run stages/<name>.py's main() in-process, in `workdir` (where its params.yaml is)."""
+    """Run stages/<name>.py's main() in-process, in `workdir` (where its params.yaml is), on paths.yaml's layout
+    inside it; `args` give paths elsewhere (`--base`, DIR)."""
     import contextlib
     import importlib
     import sys
@@ -73,11 +74,8 @@ def run_stage(workdir: Path, name: str, *args: str) -> None:
 def data_stages(root: Path, overrides: dict) -> Path:
     """fetch, prepare, base and tokenize in `root` on the repo's params with `overrides`."""
     write_params(root / "params.yaml", overrides)
-    run_stage(root, "fetch", "--out", "data/fetched")
-    run_stage(root, "prepare", "--fetched", "data/fetched", "--out", "data/prepared", "--metrics", "metrics/data.json")
-    run_stage(root, "base", "--prepared", "data/prepared", "--out", "models/base")
-    run_stage(root, "tokenize", "--prepared", "data/prepared", "--base", "models/base", "--out", "data/tokenized",
-              "--metrics", "metrics/tokenize.json")
+    for name in ("fetch", "prepare", "base", "tokenize"):
+        run_stage(root, name)
     return root
 
 
@@ -90,7 +88,7 @@ def tiny_data(tmp_path_factory):
 def reference_stage(root: Path, tokenized: str = "data/tokenized", base: str = "models/base",
                     sft: str = "models/sft") -> None:
     """The reference stage in `root` (DPO's reference log-probs, data/reference)."""
-    run_stage(root, "reference", "--tokenized", str(tokenized), "--base", str(base), "--sft", str(sft), "--out",
+    run_stage(root, "reference", "--tokenized", str(tokenized), "--base", str(base), "--sft", str(sft), "--reference",
               "data/reference")
 
 
@@ -98,20 +96,20 @@ def evaluate_stages(root: Path, tokenized: str = "data/tokenized", base: str = "
                     sft: str = "models/sft", reward: str = "models/reward") -> None:
     """The sft_answers and evaluate stages in `root`, on its models/policy and its params (eval.* differ by test)."""
     inputs = ("--tokenized", str(tokenized), "--base", str(base), "--sft", str(sft), "--reward", str(reward))
-    run_stage(root, "sft_answers", *inputs, "--out", "data/sft_answers")
+    run_stage(root, "sft_answers", *inputs, "--sft-answers", "data/sft_answers")
     run_stage(root, "evaluate", *inputs, "--policy", "models/policy", "--sft-answers", "data/sft_answers",
-              "--metrics", "metrics/eval.json", "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+              "--eval-metrics", "metrics/eval.json", "--samples", "metrics/samples.jsonl", "--eval-plots", "metrics/plots")
 
 
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_data):
     """`tiny_data` after the sft, reward and reference stages as well."""
     if not (tiny_data / "data/reference").exists():
-        run_stage(tiny_data, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--out", "models/sft",
-                  "--metrics", "metrics/sft.json", "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
+        run_stage(tiny_data, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
+                  "--sft-metrics", "metrics/sft.json", "--sft-live", "dvclive/sft", "--sft-checkpoints", "checkpoints/sft")
         run_stage(tiny_data, "reward", "--tokenized", "data/tokenized", "--base", "models/base", "--sft",
-                  "models/sft", "--out", "models/reward", "--metrics", "metrics/reward.json", "--live",
-                  "dvclive/reward", "--checkpoints", "checkpoints/reward")
+                  "models/sft", "--reward", "models/reward", "--reward-metrics", "metrics/reward.json", "--reward-live",
+                  "dvclive/reward", "--reward-checkpoints", "checkpoints/reward")
         reference_stage(tiny_data)
     return tiny_data
 

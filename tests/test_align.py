@@ -17,8 +17,8 @@ def run_align(tiny_trained, tmp_path, method, **overrides):
         (tmp_path / name).symlink_to(tiny_trained / name)
     write_params(tmp_path / "params.yaml", {**TINY, "method": method, **overrides})
     run_stage(tmp_path, "align", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
-              "--reward", "models/reward", "--reference", "data/reference", "--out", "models/policy",
-              "--metrics", "metrics/align.json", "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
+              "--reward", "models/reward", "--reference", "data/reference", "--policy", "models/policy",
+              "--align-metrics", "metrics/align.json", "--align-live", "dvclive/align", "--align-checkpoints", "checkpoints/align")
     return tmp_path
 
 

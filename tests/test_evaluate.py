@@ -9,6 +9,7 @@ from rlhf import config, evaluate, sft_answers, tokenize
 from rlhf.io import UserError
 from conftest import evaluate_stages
 from test_align import run_align
+from rlhf.paths import layout
 
 
 def test_win_rate_counts_ties_apart():
@@ -74,12 +75,11 @@ def test_evaluate_stage(evaluated):
 
 
 def test_cached_sft_answers_give_the_same_evaluation(evaluated):
-    """The evaluate stage's output, with the SFT side from the sft_answers stage, equals rlhf.evaluate.run computing
+    """The evaluate stage's output, with the SFT side from the sft_answers stage, equals rlhf.evaluate.measure computing
     that side itself: every metric, sample and plot value, exactly (same machine; sampling reseeds at each call)."""
     work = evaluated
     params = config.load(work / "params.yaml")
-    metrics, samples, plots = evaluate.run(params, *(work / name for name in (
-        "data/tokenized", "models/base", "models/sft", "models/reward", "models/policy")))
+    metrics, samples, plots = evaluate.measure(params, layout().under(work), cached_sft=False)
     assert json.loads(json.dumps(metrics)) == json.loads((work / "metrics/eval.json").read_text())
     written = [json.loads(line) for line in (work / "metrics/samples.jsonl").read_text().splitlines()]
     assert json.loads(json.dumps(samples)) == written and len(written) == 3

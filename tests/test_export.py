@@ -50,7 +50,7 @@ def test_export_refuses_a_failed_gate_and_keeps_the_previous_export(tmp_path, mo
     with pytest.raises(UserError, match=r"failed eval.gate: kl_policy_sft = 5 \(must be <= 4, eval.gate.max_kl\).*"
                                         r"export.ignore_gate"):
         run_stage(tmp_path, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
-                  "--eval", "metrics/eval.json", "--out", "models/export")
+                  "--eval-metrics", "metrics/eval.json", "--export", "models/export")
     assert (tmp_path / "models/export/model.safetensors").read_text() == "previous"
 
 
@@ -61,7 +61,7 @@ def exported(tiny_trained, tmp_path_factory):
                      **{"export.ignore_gate": True, "eval.num_prompts": 16, "eval.num_samples": 2})
     evaluate_stages(work)
     run_stage(work, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
-              "--eval", "metrics/eval.json", "--out", "models/export")
+              "--eval-metrics", "metrics/eval.json", "--export", "models/export")
     return work
 
 
@@ -105,5 +105,5 @@ def test_a_bad_policy_is_stopped_at_export(tiny_trained, tmp_path):
     assert metrics["gate_passed"] is False and metrics["gate_failed"]
     with pytest.raises(UserError, match="export refused: the policy failed eval.gate"):
         run_stage(work, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
-                  "--eval", "metrics/eval.json", "--out", "models/export")
+                  "--eval-metrics", "metrics/eval.json", "--export", "models/export")
     assert not (work / "models/export").exists()

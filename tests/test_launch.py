@@ -25,13 +25,13 @@ def test_one_process_does_the_work_itself(monkeypatch):
 def test_relaunch_command(monkeypatch, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv(launch.LAUNCHED, raising=False)
-    monkeypatch.setattr(sys, "argv", ["stages/sft.py", "--out", "models/sft"])
+    monkeypatch.setattr(sys, "argv", ["stages/sft.py", "--sft", "models/sft"])
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, env: calls.append((cmd, env)) or subprocess.CompletedProcess(cmd, 0))
     assert launch.relaunch(repo_section("compute", num_processes=2), "stages.sft") is True
     cmd, env = calls[-1]
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
-    assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[-4:] == ["-m", "stages.sft", "--out", "models/sft"]
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[-4:] == ["-m", "stages.sft", "--sft", "models/sft"]
     assert env[launch.LAUNCHED] == "1" and str(REPO) in env["PYTHONPATH"].split(os.pathsep)
     config = tmp_path / "zero3.yaml"
     config.write_text("distributed_type: DEEPSPEED\n")
@@ -81,8 +81,8 @@ def link_inputs(tiny, work, names):
 
 
 def sft_args(out):
-    return ("--tokenized", "data/tokenized", "--base", "models/base", "--out", out, "--metrics",
-            f"metrics/{out}.json", "--live", f"dvclive/{out}", "--checkpoints", f"checkpoints/{out}")
+    return ("--sft", out, "--sft-metrics", f"metrics/{out}.json", "--sft-live", f"dvclive/{out}", "--sft-checkpoints",
+            f"checkpoints/{out}")
 
 
 def test_sft_with_two_processes(tiny_data, tmp_path):
@@ -121,9 +121,8 @@ def test_dpo_with_two_processes_through_an_accelerate_config(tiny_trained, tmp_p
     (tmp_path / "configs").symlink_to(REPO / "configs")
 
     def align_args(out):
-        return ("--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft", "--reward",
-                "models/reward", "--reference", "data/reference", "--out", out, "--metrics", f"metrics/{out}.json", "--live", f"dvclive/{out}",
-                "--checkpoints", f"checkpoints/{out}")
+        return ("--policy", out, "--align-metrics", f"metrics/{out}.json", "--align-live", f"dvclive/{out}",
+                "--align-checkpoints", f"checkpoints/{out}")
 
     run_stage_command(tmp_path, "align", {"method": "dpo", "dpo.per_device_train_batch_size": 32}, *align_args("one"))
     two = run_stage_command(tmp_path, "align", {

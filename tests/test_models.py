@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf import models
-from rlhf.config import Model
-from conftest import TINY, evaluate_stages, reference_stage, run_stage, write_params
+
+from conftest import TINY, evaluate_stages, reference_stage, repo_section, run_stage, write_params
 from test_align import run_align
 
 
@@ -59,32 +59,32 @@ def test_every_stage_places_every_model_it_loads(tiny_trained, tmp_path, monkeyp
         reference_stage(root)
     assert_all_placed(seen, 1)
     with watched(monkeypatch) as seen:
-        run_stage(root, "reward", *INPUTS, "--out", "models/reward-again", "--metrics", "metrics/reward.json",
-                  "--live", "dvclive/reward", "--checkpoints", "checkpoints/reward")
+        run_stage(root, "reward", *INPUTS, "--reward", "models/reward-again", "--reward-metrics", "metrics/reward.json",
+                  "--reward-live", "dvclive/reward", "--reward-checkpoints", "checkpoints/reward")
     assert_all_placed(seen, 1)
     with watched(monkeypatch) as seen:  # DPO's SFT model; the oracle check reuses it with the adapter off
-        run_stage(root, "align", *INPUTS, "--reward", "models/reward", "--reference", "data/reference", "--out",
-                  "models/policy", "--metrics", "metrics/align.json", "--live", "dvclive/align", "--checkpoints",
+        run_stage(root, "align", *INPUTS, "--reward", "models/reward", "--reference", "data/reference", "--policy",
+                  "models/policy", "--align-metrics", "metrics/align.json", "--align-live", "dvclive/align", "--align-checkpoints",
                   "checkpoints/align")
     assert_all_placed(seen, 1)
     with watched(monkeypatch) as seen:
-        run_stage(root, "sft_answers", *INPUTS, "--reward", "models/reward", "--out", "data/sft_answers")
+        run_stage(root, "sft_answers", *INPUTS, "--reward", "models/reward", "--sft-answers", "data/sft_answers")
     assert_all_placed(seen, 2)
     with watched(monkeypatch) as seen:
         run_stage(root, "evaluate", *INPUTS, "--reward", "models/reward", "--policy", "models/policy", "--sft-answers",
                   "data/sft_answers",
-                  "--metrics", "metrics/eval.json", "--samples", "metrics/samples.jsonl", "--plots", "metrics/plots")
+                  "--eval-metrics", "metrics/eval.json", "--samples", "metrics/samples.jsonl", "--eval-plots", "metrics/plots")
     assert_all_placed(seen, 2)
     with watched(monkeypatch) as seen:
         run_stage(root, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
-                  "--eval", "metrics/eval.json", "--out", "models/export")
+                  "--eval-metrics", "metrics/eval.json", "--export", "models/export")
     assert_all_placed(seen, 1)
 
     write_params(root / "params.yaml", {**TINY, "method": "ppo", "ppo.critic": "separate", "ppo.num_iterations": 1})
     with watched(monkeypatch) as seen:  # policy (reference: its adapter off), and the reward model shared by critic
-        run_stage(root, "align", *INPUTS, "--reward", "models/reward", "--reference", "data/reference", "--out",
-                  "models/policy-ppo", "--metrics", "metrics/align-ppo.json", "--live", "dvclive/align-ppo",
-                  "--checkpoints", "checkpoints/align-ppo")
+        run_stage(root, "align", *INPUTS, "--reward", "models/reward", "--reference", "data/reference", "--policy",
+                  "models/policy-ppo", "--align-metrics", "metrics/align-ppo.json", "--align-live", "dvclive/align-ppo",
+                  "--align-checkpoints", "checkpoints/align-ppo")
     assert_all_placed(seen, 2)
 
 
@@ -95,8 +95,8 @@ def test_orpo_from_the_base_evaluates_with_one_policy_model(tiny_trained, tmp_pa
     with watched(monkeypatch) as seen:
         evaluate_stages(work)
     assert_all_placed(seen, 4)  # sft_answers 2, evaluate 2
-    policy = models.policy(work / "models/base", work / "models/sft", work / "models/policy", Model())
-    sft = models.sft_merged(work / "models/base", work / "models/sft", Model()).eval()
+    policy = models.policy(work / "models/base", work / "models/sft", work / "models/policy", repo_section("model"))
+    sft = models.sft_merged(work / "models/base", work / "models/sft", repo_section("model")).eval()
     ids = torch.tensor([[3, 9, 27, 81, 50, 11]])
     with torch.no_grad():
         with models.reference(policy):

@@ -5,8 +5,10 @@ import yaml
 
 from conftest import REPO
 from rlhf import plots
+from rlhf.paths import interpolate
 
-TOP_LEVEL = [next(iter(p)) for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]]
+DEFINITIONS = yaml.safe_load(interpolate((REPO / "dvc.yaml").read_text()))["plots"]
+TOP_LEVEL = [next(iter(p)) for p in DEFINITIONS]
 
 
 def png_size(path) -> tuple[int, int]:
@@ -15,12 +17,41 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])  # IHDR width, height
 
 
+def workspace_with_every_curve(root):
+    """A DVC project in `root` with this repo's dvc.yaml, paths.yaml and plot templates, and three rows of made-up
+    data in every file the plot definitions read (the real curves are DVC outputs, in the cache, not in git)."""
+    import json
+    import shutil
+    import subprocess
+
+    for name in ("dvc.yaml", "paths.yaml", "params.yaml", ".dvc/config", ".dvc/plots"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, root / name)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    columns = {}
+    for definition in DEFINITIONS:
+        spec = next(iter(definition.values()))
+        x = spec["x"] if isinstance(spec["x"], str) else next(iter(spec["x"].values()))
+        for file, fields in spec["y"].items():
+            columns.setdefault(file, {x}).update([fields] if isinstance(fields, str) else fields)
+    for file, names in columns.items():
+        rows = [{name: float(i + len(name) % 3) for name in sorted(names)} for i in range(3)]
+        (root / file).parent.mkdir(parents=True, exist_ok=True)
+        if file.endswith(".json"):
+            (root / file).write_text(json.dumps([{**row, "method": "dpo", "judge": "oracle"} for row in rows]))
+        else:
+            (root / file).write_text("\n".join("\t".join(map(str, r)) for r in
+                                               [sorted(names)] + [[row[n] for n in sorted(names)] for row in rows]))
+    return root
+
+
 def test_make_plots_draws_each_curated_plot_once_as_an_image(tmp_path, monkeypatch):
-    """Renders the committed workspace (the curves and evaluation data in git). Catches: a stage's `plots:` entry
-    drawing a curve a second time (or every logged key), a blank or non-image output, a plot silently missing."""
-    monkeypatch.chdir(REPO)
+    """Renders every curated plot of dvc.yaml from a workspace holding all their files. Catches: a stage's `plots:`
+    entry drawing a curve a second time (or every logged key), a blank or non-image output, a plot silently
+    missing."""
+    monkeypatch.chdir(workspace_with_every_curve(tmp_path / "project"))
     drawn, skipped = plots.specs([])
-    assert set(drawn) | set(skipped) == set(TOP_LEVEL), "only the curated plots of dvc.yaml are drawn"
+    assert set(drawn) == set(TOP_LEVEL) and not skipped, "only the curated plots of dvc.yaml are drawn, each one"
     assert "SFT loss (train, validation)" in drawn and "Reward model accuracy (train, validation)" in drawn
     result = plots.render(tmp_path / "plots", [])
     assert sorted(result["files"].values()) == sorted(drawn)

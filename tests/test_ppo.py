@@ -16,6 +16,7 @@ from rlhf.methods import ppo
 from rlhf.ppo import functional, rollouts
 from rlhf.ppo.critic import critic_from_reward_model, policy_with_value_head
 from conftest import TINY, repo_section, run_stage, write_params
+from rlhf.paths import layout
 
 # Two answers of 3 and 2 tokens; the second row's last column is padding.
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -399,9 +400,9 @@ SMOKE = {"num_iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 4, "pp
 def run_ppo(root, name: str, checkpoints: str | None = None, **overrides):
     params = config.load(root / "params.yaml")
     params = dataclasses.replace(params, ppo=dataclasses.replace(params.ppo, **(SMOKE | overrides)))
-    metrics, model = ppo.run(params, root / "data/tokenized", root / "models/base", root / "models/sft",
-                             root / "models/reward", root / "data/reference", root / name,
-                             root / "checkpoints" / (checkpoints or name), root / "dvclive" / name)
+    paths = layout().under(root).replace(align_checkpoints=root / "checkpoints" / (checkpoints or name),
+                                         align_live=root / "dvclive" / name)
+    metrics, model = ppo.run(params, paths, root / name)
     return params, metrics, model
 
 
@@ -471,8 +472,8 @@ def test_align_stage_runs_ppo(tiny_trained, tmp_path):
         (tmp_path / name).symlink_to(tiny_trained / name)
     write_params(tmp_path / "params.yaml", {**TINY, "method": "ppo", **{f"ppo.{k}": v for k, v in SMOKE.items()}})
     run_stage(tmp_path, "align", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
-              "--reward", "models/reward", "--reference", "data/reference", "--out", "models/policy",
-              "--metrics", "metrics/align.json", "--live", "dvclive/align", "--checkpoints", "checkpoints/align")
+              "--reward", "models/reward", "--reference", "data/reference", "--policy", "models/policy",
+              "--align-metrics", "metrics/align.json", "--align-live", "dvclive/align", "--align-checkpoints", "checkpoints/align")
     metrics = json.loads((tmp_path / "metrics/align.json").read_text())
     assert metrics["method"] == "ppo"
     assert metrics["oracle_gain"] == pytest.approx(metrics["oracle_policy"] - metrics["oracle_sft"], abs=1e-5)

@@ -90,11 +90,10 @@ def test_local_model_folder_gets_no_lm_head_copy(tiny_data, tmp_path):
     root.mkdir()
     write_params(root / "params.yaml", {**FAST, "model.name": str(folder), "sft.max_steps": 1})
     prepared = str(tiny_data / "data/prepared")
-    run_stage(root, "base", "--prepared", prepared, "--out", "models/base")
-    run_stage(root, "tokenize", "--prepared", prepared, "--base", "models/base", "--out", "data/tokenized",
-              "--metrics", "metrics/tokenize.json")
-    run_stage(root, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--out", "models/sft",
-              "--metrics", "metrics/sft.json", "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
+    run_stage(root, "base", "--prepared", prepared)
+    run_stage(root, "tokenize", "--prepared", prepared)
+    run_stage(root, "sft", "--tokenized", "data/tokenized", "--base", "models/base", "--sft", "models/sft",
+              "--sft-metrics", "metrics/sft.json", "--sft-live", "dvclive/sft", "--sft-checkpoints", "checkpoints/sft")
     assert json.loads((root / "metrics/sft.json").read_text())["modules_to_save"] is None
     assert json.loads((root / "models/sft/adapter_config.json").read_text())["modules_to_save"] is None
     with safe_open(root / "models/sft/adapter_model.safetensors", "pt") as f:
@@ -115,13 +114,13 @@ def test_bf16_pipeline_on_cpu(tiny_data, tmp_path):
     def inputs(*names):
         return [x for n in names for x in (f"--{n}", data[n])]
 
-    run_stage(root, "sft", *inputs("tokenized", "base"), "--out", "models/sft", "--metrics", "metrics/sft.json",
-              "--live", "dvclive/sft", "--checkpoints", "checkpoints/sft")
-    run_stage(root, "reward", *inputs("tokenized", "base", "sft"), "--out", "models/reward", "--metrics",
-              "metrics/reward.json", "--live", "dvclive/reward", "--checkpoints", "checkpoints/reward")
+    run_stage(root, "sft", *inputs("tokenized", "base"), "--sft", "models/sft", "--sft-metrics", "metrics/sft.json",
+              "--sft-live", "dvclive/sft", "--sft-checkpoints", "checkpoints/sft")
+    run_stage(root, "reward", *inputs("tokenized", "base", "sft"), "--reward", "models/reward", "--reward-metrics",
+              "metrics/reward.json", "--reward-live", "dvclive/reward", "--reward-checkpoints", "checkpoints/reward")
     reference_stage(root, data["tokenized"], data["base"])
-    run_stage(root, "align", *inputs("tokenized", "base", "sft", "reward"), "--reference", "data/reference", "--out",
-              "models/policy", "--metrics", "metrics/align.json", "--live", "dvclive/align", "--checkpoints",
+    run_stage(root, "align", *inputs("tokenized", "base", "sft", "reward"), "--reference", "data/reference", "--policy",
+              "models/policy", "--align-metrics", "metrics/align.json", "--align-live", "dvclive/align", "--align-checkpoints",
               "checkpoints/align")
     evaluate_stages(root, data["tokenized"], data["base"])
     for name in ("sft", "reward", "align"):

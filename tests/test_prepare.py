@@ -119,7 +119,7 @@ def test_every_row_dropped_names_the_counts_and_still_writes_the_metrics(tmp_pat
                                                     "dropped_tie": 0, "rows_fetched": 1001}))
     write_params(tmp_path / "params.yaml", {})
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["prepare", "--fetched", "fetched", "--out", "prepared", "--metrics", "data.json"])
+    monkeypatch.setattr(sys, "argv", ["prepare", "--fetched", "fetched", "--prepared", "prepared", "--data-metrics", "data.json"])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "stages" / "prepare.py"), run_name="__main__")
     assert exit_.value.code == 1

@@ -10,6 +10,7 @@ from conftest import (TINY, data_stages, evaluate_stages, reference_stage, repo_
                       write_params)
 from rlhf import align, config, models, sft, tokenize, train
 from rlhf.io import UserError
+from rlhf.paths import layout
 
 # bitsandbytes' CPU 4-bit kernels need layer input sizes that are multiples of 64 (models.check_cpu_4bit_shapes), so
 # these runs widen TINY's model from 32 to 64; little data and few steps, as 4-bit layers are slow on a CPU.
@@ -25,10 +26,7 @@ def stage_args(data, root, name):
               "reward": root / "models/reward", "reference": root / "data/reference"}
     wanted = {"sft": ["tokenized", "base"], "reward": ["tokenized", "base", "sft"],
               "align": ["tokenized", "base", "sft", "reward", "reference"]}
-    args = [x for key in wanted[name] for x in (f"--{key}", str(inputs[key]))]
-    out = {"sft": "models/sft", "reward": "models/reward", "align": "models/policy"}[name]
-    return args + ["--out", out, "--metrics", f"metrics/{name}.json", "--live", f"dvclive/{name}", "--checkpoints",
-                   f"checkpoints/{name}"]
+    return [x for key in wanted[name] for x in (f"--{key}", str(inputs[key]))]
 
 
 def run_pipeline(data, root, overrides: dict):
@@ -151,7 +149,7 @@ def test_kbit_pipeline_sft_reward_dpo_evaluate(wide_data, tmp_path, quantization
     from transformers import AutoModelForCausalLM
 
     run_stage(root, "export", "--base", str(base_dir), "--sft", "models/sft", "--policy", "models/policy",
-              "--eval", "metrics/eval.json", "--out", "models/export")
+              "--eval-metrics", "metrics/eval.json", "--export", "models/export")
     assert "quantization_config" not in json.loads((root / "models/export/config.json").read_text())
     exported = AutoModelForCausalLM.from_pretrained(root / "models/export").eval()
     layers = [m for n, m in exported.named_modules() if n.endswith(("q_proj", "down_proj"))]
@@ -202,11 +200,11 @@ def test_activation_checkpointing_is_on_exactly_when_asked(wide_data, wide_sft, 
         params, model=dataclasses.replace(params.model, quantization=quantization),
         compute=dataclasses.replace(params.compute, activation_checkpointing=on),
         **{stage: dataclasses.replace(getattr(params, stage), max_steps=1)})
-    tokenized, base_dir = wide_data / "data/tokenized", wide_data / "models/base"
+    paths = layout().under(wide_data).replace(sft=wide_sft, sft_checkpoints=tmp_path / "ck", sft_live=tmp_path / "live",
+                                              align_checkpoints=tmp_path / "ck", align_live=tmp_path / "live")
     if stage == "sft":
-        sft.run_sft(params, tokenized, base_dir, tmp_path / "out", tmp_path / "ck", tmp_path / "live")
+        sft.train_sft(params, paths, tmp_path / "out")
     else:
-        dpo.run(params, tokenized, base_dir, wide_sft, tmp_path, wide_data / "data/reference", tmp_path / "out",
-                tmp_path / "ck", tmp_path / "live")
+        dpo.run(params, paths, tmp_path / "out")
     assert seen == [(on, on)]
     assert bool(recomputed) == on

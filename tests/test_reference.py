@@ -10,6 +10,7 @@ from datasets import load_from_disk
 from rlhf import config, models, reference, tokenize, train
 from rlhf.io import UserError
 from rlhf.methods import dpo
+from rlhf.paths import layout
 
 INPUTS = ("data/tokenized", "models/base", "models/sft", "models/reward", "data/reference")
 
@@ -66,8 +67,8 @@ def test_a_reference_for_other_rows_is_refused(tiny_trained, tmp_path):
 
 
 def run_dpo(root, out, params):
-    metrics, _ = dpo.run(params, *(root / name for name in INPUTS), out / "policy", out / "checkpoints",
-                         out / "live")
+    paths = layout().under(root).replace(align_checkpoints=out / "checkpoints", align_live=out / "live")
+    metrics, _ = dpo.run(params, paths, out / "policy")
     return {k: v for k, v in metrics.items() if k != "train_seconds"}
 
 

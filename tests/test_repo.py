@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from conftest import REPO
+from rlhf.paths import interpolate
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-# dvc.yaml templating: ${method} is the value of `method` in params.yaml
-DVC = yaml.safe_load((REPO / "dvc.yaml").read_text().replace("${method}", PARAMS["method"]))["stages"]
+# dvc.yaml templating: ${paths.<name>} comes from paths.yaml, ${method} is the value of `method` in params.yaml
+DVC = yaml.safe_load(interpolate((REPO / "dvc.yaml").read_text()).replace("${method}", PARAMS["method"]))["stages"]
 
 
 def _paths(stage: dict, keys=("outs",)) -> set[str]:
@@ -235,8 +236,7 @@ def test_fetch_and_prepare_give_the_locked_outputs_without_torch(tmp_path):
 
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    for stage, args in (("fetch", ["--out", "data/fetched"]),
-                        ("prepare", ["--fetched", "data/fetched", "--out", "data/prepared", "--metrics", "m.json"])):
+    for stage, args in (("fetch", []), ("prepare", ["--data-metrics", "m.json"])):
         check = (f"import runpy, sys; sys.argv = ['{stage}', *{args!r}]; runpy.run_module('stages.{stage}', "
                  "run_name='__main__'); print('heavy:', [m for m in ('torch', 'transformers', 'trl') "
                  "if m in sys.modules])")

@@ -11,6 +11,7 @@ import pytest
 
 from rlhf import resuming
 from tests.conftest import REPO, TINY, write_params
+from rlhf.paths import layout
 
 
 def make_checkpoint(folder, step, complete=True):
@@ -73,9 +74,8 @@ LONG_SFT = {**TINY, "sft.max_steps": 150, "sft.save_steps": 5, "sft.logging_step
 
 
 def sft_command(out: str) -> list[str]:
-    return [sys.executable, "-m", "stages.sft", "--tokenized", "data/tokenized", "--base", "models/base",
-            "--out", out, "--metrics", f"metrics/{out}.json", "--live", f"dvclive/{out}", "--checkpoints",
-            "checkpoints/sft"]
+    return [sys.executable, "-m", "stages.sft", "--sft", out, "--sft-metrics", f"metrics/{out}.json", "--sft-live",
+            f"dvclive/{out}", "--sft-checkpoints", "checkpoints/sft"]
 
 
 def test_sft_killed_mid_run_resumes_to_the_same_result(tiny_data, tmp_path):
@@ -122,12 +122,11 @@ def test_dpo_resumed_from_an_earlier_checkpoint_ends_the_same(tiny_trained, tmp_
 
     params = config.load(write_params(tmp_path / "params.yaml", {**TINY, "dpo.max_steps": 4}))
     params = dataclasses.replace(params, method="dpo")
-    inputs = [tiny_trained / name for name in ("data/tokenized", "models/base", "models/sft", "models/reward",
-                                               "data/reference")]
     checkpoints = tmp_path / "checkpoints"
 
     def run(out):
-        metrics, _ = dpo.run(params, *inputs, tmp_path / out, checkpoints, tmp_path / "dvclive" / out)
+        paths = layout().under(tiny_trained).replace(align_checkpoints=checkpoints, align_live=tmp_path / "dvclive" / out)
+        metrics, _ = dpo.run(params, paths, tmp_path / out)
         return {k: v for k, v in metrics.items() if k != "train_seconds"}
 
     whole = run("whole")

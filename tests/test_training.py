@@ -8,6 +8,12 @@ import torch
 from rlhf import base, config, models, reward, scoring, sft, tokenize, train
 from conftest import repo_params, repo_section
 from rlhf.io import UserError
+from rlhf.paths import layout
+
+
+def sft_paths(root, checkpoints, live):
+    """The stage paths in `root`, with the SFT checkpoints and curves elsewhere."""
+    return layout().under(root).replace(sft_checkpoints=checkpoints, sft_live=live)
 
 
 # -- presets and hardware checks ------------------------------------------------------------------------------------
@@ -96,8 +102,8 @@ def test_sft_adapter_loads_back_with_same_outputs(tiny_data):
 
     params = config.load(tiny_data / "params.yaml")
     out = tiny_data / "sft-memory"
-    metrics, _, model = sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", out,
-                                 tiny_data / "ck", tiny_data / "live")
+    metrics, _, model = sft.train_sft(params, sft_paths(tiny_data, tiny_data / "ck", tiny_data / "live"),
+                              out)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # training moved the adapter off its zero init
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_data / "models/base"), out).eval()
@@ -127,8 +133,8 @@ def test_completion_logprobs_match_the_trainers_loss(tiny_data):
 def test_sft_is_deterministic(tiny_data):
     params = config.load(tiny_data / "params.yaml")
     params = dataclasses.replace(params, sft=dataclasses.replace(params.sft, max_steps=2))
-    runs = [sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", tiny_data / f"det{i}",
-                        tiny_data / "ck", tiny_data / "live")[0] for i in range(2)]
+    runs = [sft.train_sft(params, sft_paths(tiny_data, tiny_data / "ck", tiny_data / "live"),
+                              tiny_data / f"det{i}")[0] for i in range(2)]
     for m in runs:
         m.pop("train_seconds")
     assert runs[0] == runs[1]
@@ -183,8 +189,8 @@ def test_wandb_option_works_offline(tiny_data, monkeypatch, tmp_path):
     params = config.load(tiny_data / "params.yaml")
     params = dataclasses.replace(params, tracking=dataclasses.replace(params.tracking, wandb=True),
                                  sft=dataclasses.replace(params.sft, max_steps=2))
-    metrics, _, _ = sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", tmp_path / "out",
-                                tmp_path / "ck", tmp_path / "live")
+    metrics, _, _ = sft.train_sft(params, sft_paths(tiny_data, tmp_path / "ck", tmp_path / "live"),
+                              tmp_path / "out")
     assert metrics["steps"] == 2
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
@@ -211,8 +217,8 @@ def test_sft_with_length_grouped_batches(tiny_data, tmp_path, monkeypatch):
     params = config.load(tiny_data / "params.yaml")
     params = dataclasses.replace(params, sft=dataclasses.replace(params.sft, max_steps=2,
                                                                  train_sampling_strategy="group_by_length"))
-    metrics, _, _ = sft.run_sft(params, tiny_data / "data/tokenized", tiny_data / "models/base", tmp_path / "out",
-                                tmp_path / "checkpoints", tmp_path / "live")
+    metrics, _, _ = sft.train_sft(params, sft_paths(tiny_data, tmp_path / "checkpoints", tmp_path / "live"),
+                              tmp_path / "out")
     assert used and metrics["steps"] == 2
 
 

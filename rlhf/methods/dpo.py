@@ -3,7 +3,7 @@ hinge, ...). The policy is the SFT model plus a new LoRA adapter; the reference 
 every pair the reference stage computed once (data/reference), so a policy step runs no reference forward."""
 from trl import DPOConfig, DPOTrainer
 
-from rlhf import models, reference, resuming, tokenize, train
+from rlhf import models, reference, tokenize, train
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -31,29 +31,13 @@ def rows_with_reference(tokenized, reference_dir, split: str, max_length: int):
     return reference.add_columns(rows, reference_dir, split).remove_columns("id")
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
-    from transformers import set_seed
-
-    set_seed(params.seed)
-    section, lora, chosen = train.resolve(params, params.dpo, train.accelerator_memory_gb())
-    print(f"dpo: settings after compute.preset: {chosen}")
-
+def run(params, paths, out):
+    section = train.start_method(params)
     # -- data: the tokenize stage's rows, with the reference stage's log-probs
-    train_rows = rows_with_reference(tokenized, reference_dir, "train", section.max_length)
-    validation = rows_with_reference(tokenized, reference_dir, "validation", section.max_length)
-
+    train_rows = rows_with_reference(paths.tokenized, paths.reference, "train", section.max_length)
+    validation = rows_with_reference(paths.tokenized, paths.reference, "validation", section.max_length)
     # -- model: SFT weights + new adapter
-    model = models.sft_merged(base_dir, sft_dir, params.model)
-    report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir, reference_dir],
-                                   **resuming.align_sections(params, "dpo"))
-    config = train.common_args(section, params, checkpoints, report_to)
-    config["loss_type"] = [section.loss_type] if isinstance(section.loss_type, str) else section.loss_type
-    config["precompute_ref_log_probs"] = True  # read from the rows (see PretokenizedDPOTrainer)
-    trainer = PretokenizedDPOTrainer(
-        model=model, ref_model=None, args=DPOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
-        processing_class=models.tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
-        callbacks=callbacks)
-    train.trainable_in_float32(trainer.model)
-    metrics = train.fit(trainer, out, len(train_rows), resume)
-    return {**metrics, **chosen}, trainer.model
+    model = models.sft_merged(paths.base, paths.sft, params.model)
+    loss_type = [section.loss_type] if isinstance(section.loss_type, str) else section.loss_type
+    return train.fit_method(params, paths, out, PretokenizedDPOTrainer, DPOConfig, train_rows, validation, model,
+                            config={"loss_type": loss_type, "precompute_ref_log_probs": True}, ref_model=None)

@@ -2,12 +2,10 @@
 advantages relative to the group, rewarded by the trained reward model (normalized with its validation stats) and,
 with `grpo.oracle_reward: true` on a built-in task, also by the task's oracle as a verifiable reward. Starts from the
 SFT model with a new LoRA adapter; the KL reference (`grpo.beta`) is the same weights with the adapter disabled."""
-import dataclasses
-
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from rlhf import base, generation, models, resuming, scoring, tokenize, train
+from rlhf import base, generation, models, scoring, tokenize, train
 from rlhf.io import UserError
 
 
@@ -39,20 +37,16 @@ def oracle_reward(task: str, tokenizer):
     return oracle
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
-    from transformers import set_seed
-
-    set_seed(params.seed)
-    section = params.grpo
-    _, lora, chosen = train.resolve(params, section, train.accelerator_memory_gb())
-    tokenizer = models.tokenizer(base_dir)
+def run(params, paths, out):
+    section = train.start_method(params)
+    tokenizer = models.tokenizer(paths.base)
 
     # -- data: prompts only; the answers are sampled during training
-    train_rows = tokenize.load_split(tokenized, "train", max_length=10**9)
+    train_rows = tokenize.load_split(paths.tokenized, "train", max_length=10**9)
     prompts = prompt_dataset(train_rows["prompt_ids"], tokenizer)
 
     # -- rewards: the trained reward model, plus the oracle where asked for
-    scorer, stats = models.reward_model(base_dir, sft_dir, reward_dir, params.model)
+    scorer, stats = models.reward_model(paths.base, paths.sft, paths.reward, params.model)
     funcs = [reward_model_reward(scoring.reward_function(scorer, stats, tokenizer, base.end_of_turn(tokenizer),
                                                         section.per_device_train_batch_size))]
     task = generation.builtin_task(params.data.source)
@@ -62,19 +56,8 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
                             "oracle; set it to false for real data.")
         funcs.append(oracle_reward(task, tokenizer))
 
-    # -- trainer
-    model = models.sft_merged(base_dir, sft_dir, params.model)
+    # -- model: SFT weights + new adapter, sampling until the template's end of turn
+    model = models.sft_merged(paths.base, paths.sft, params.model)
     model.generation_config.eos_token_id = generation.stop_ids(tokenizer)  # TRL stops at these and EOS
-    report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                   **resuming.align_sections(params, "grpo"))
-    fields = {k: v for k, v in dataclasses.asdict(section).items() if k != "oracle_reward"}
-    config = GRPOConfig(**fields, **train.precision_args(params.model), output_dir=str(checkpoints),
-                        seed=params.seed, data_seed=params.seed, report_to=report_to, save_strategy="steps",
-                        save_total_limit=2, activation_checkpointing=params.compute.activation_checkpointing, top_k=0)
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=prompts,
-                          processing_class=tokenizer, peft_config=train.lora_config(lora, "CAUSAL_LM"),
-                          callbacks=callbacks)
-    train.trainable_in_float32(trainer.model)
-    metrics = train.fit(trainer, out, len(prompts), resume)
-    return {**metrics, **chosen}, trainer.model
+    return train.fit_method(params, paths, out, GRPOTrainer, GRPOConfig, prompts, None, model,
+                            config={"eval_strategy": "no", "top_k": 0}, drop=("oracle_reward",), reward_funcs=funcs)

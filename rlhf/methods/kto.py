@@ -10,7 +10,7 @@ compute.preset), so they cannot come from a stage that must not depend on the me
 precompute_ref_log_probs reads both terms from the rows, with no way to precompute only the matched half."""
 from trl import KTOConfig, KTOTrainer
 
-from rlhf import models, resuming, tokenize, train
+from rlhf import models, tokenize, train
 
 
 class PretokenizedKTOTrainer(KTOTrainer):
@@ -34,25 +34,10 @@ def unpair(dataset):
     return dataset.map(tokenize.unpaired_columns, batched=True, remove_columns=columns)
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
-    from transformers import set_seed
-
-    set_seed(params.seed)
-    section, lora, chosen = train.resolve(params, params.kto, train.accelerator_memory_gb())
-    print(f"kto: settings after compute.preset: {chosen}")
-
-    train_rows = unpair(tokenize.load_split(tokenized, "train", section.max_length)).shuffle(seed=params.seed)
-    validation = unpair(tokenize.load_split(tokenized, "validation", section.max_length))
-
-    model = models.sft_merged(base_dir, sft_dir, params.model)
-    report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                   **resuming.align_sections(params, "kto"))
-    config = train.common_args(section, params, checkpoints, report_to)
-    trainer = PretokenizedKTOTrainer(
-        model=model, ref_model=None, args=KTOConfig(**config), train_dataset=train_rows, eval_dataset=validation,
-        processing_class=models.tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
-        callbacks=callbacks)
-    train.trainable_in_float32(trainer.model)
-    metrics = train.fit(trainer, out, len(train_rows), resume)
-    return {**metrics, **chosen}, trainer.model
+def run(params, paths, out):
+    section = train.start_method(params)
+    train_rows = unpair(tokenize.load_split(paths.tokenized, "train", section.max_length)).shuffle(seed=params.seed)
+    validation = unpair(tokenize.load_split(paths.tokenized, "validation", section.max_length))
+    model = models.sft_merged(paths.base, paths.sft, params.model)
+    return train.fit_method(params, paths, out, PretokenizedKTOTrainer, KTOConfig, train_rows, validation, model,
+                            ref_model=None)

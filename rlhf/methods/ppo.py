@@ -110,7 +110,7 @@ def log(live, metrics: dict) -> None:
 
 # -- the loop -------------------------------------------------------------------------------------------------------
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
+def run(params, paths, out):
     """Train; save the policy's LoRA adapter, the value head (and the separate critic's adapter) and the tokenizer
     into `out`; return (metrics of the last iteration plus `iterations` and `train_seconds`, the trained policy)."""
     from tqdm.auto import tqdm
@@ -118,17 +118,17 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     section = params.ppo
     _, lora, chosen = train.resolve(params, params.sft, train.accelerator_memory_gb())  # only the LoRA settings
     print(f"ppo: settings after compute.preset: lora r={lora.r}, lora_alpha={lora.lora_alpha} ({chosen['preset']})")
-    tokenizer = models.tokenizer(base_dir)
+    tokenizer = models.tokenizer(paths.base)
 
     # -- data: the training prompts, shuffled once, then cycled (iteration i's prompts depend on i only)
-    train_rows = tokenize.load_split(tokenized, "train", max_length=10**9)
+    train_rows = tokenize.load_split(paths.tokenized, "train", max_length=10**9)
     prompts = train_rows["prompt_ids"]
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(params.seed)).tolist()
 
     # -- models: reward model (and its normalization); policy = SFT + new adapter (reference: adapter disabled);
     # the critic: a value head on the policy, or a separate model from the reward model
-    scorer, stats = models.reward_model(base_dir, sft_dir, reward_dir, params.model)
-    model, value_head = policy_with_value_head(params, base_dir, sft_dir, lora)
+    scorer, stats = models.reward_model(paths.base, paths.sft, paths.reward, params.model)
+    model, value_head = policy_with_value_head(params, paths.base, paths.sft, lora)
     turn_end = base.end_of_turn(tokenizer)
     if section.reward_normalization == "sft_samples":
         first = [prompts[order[k % len(order)]] for k in range(NORMALIZATION_PROMPTS)]
@@ -152,13 +152,14 @@ def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, ch
     optimizer = torch.optim.AdamW([{"params": g} for g in groups], lr=section.learning_rate, weight_decay=0.0)
 
     # -- resume from the last complete checkpoint of a run with the same params, inputs and code
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir], prefix="iter-",
+    checkpoints = paths.align_checkpoints
+    resume = resuming.resume_point(checkpoints, train.align_inputs(paths), prefix="iter-",
                                    **resuming.align_sections(params, "ppo"))
     state = {"iteration": 0, "kl_coef": section.kl_coef, "history": []}
     if resume:
         state = load_checkpoint(resume, model, critic, value_head, optimizer)
     history, kl_coef = state["history"], state["kl_coef"]
-    live = train.open_live(live_dir)
+    live = train.open_live(paths.align_live)
     for entry in history if live is not None else []:  # the curves show the whole run
         log(live, entry)
 

@@ -3,7 +3,7 @@ margin `simpo.simpo_gamma`, run as TRL's CPOTrainer (trl.experimental) with loss
 adds CPO's NLL term (0: pure SimPO). Starts from the SFT model with a new LoRA adapter."""
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-from rlhf import models, resuming, tokenize, train
+from rlhf import models, tokenize, train
 
 
 class PretokenizedCPOTrainer(CPOTrainer):
@@ -14,24 +14,10 @@ class PretokenizedCPOTrainer(CPOTrainer):
         return tokenize.legacy_pair_columns(feature)
 
 
-def run(params, tokenized, base_dir, sft_dir, reward_dir, reference_dir, out, checkpoints, live_dir):
-    from transformers import set_seed
-
-    set_seed(params.seed)
-    section, lora, chosen = train.resolve(params, params.simpo, train.accelerator_memory_gb())
-    print(f"simpo: settings after compute.preset: {chosen}")
-
-    train_rows = tokenize.load_split(tokenized, "train", section.max_length).remove_columns("id")
-    validation = tokenize.load_split(tokenized, "validation", section.max_length).remove_columns("id")
-
-    model = models.sft_merged(base_dir, sft_dir, params.model)
-    report_to, callbacks = train.trackers(params.tracking, live_dir)
-    resume = resuming.resume_point(checkpoints, [tokenized, base_dir, sft_dir, reward_dir],
-                                   **resuming.align_sections(params, "simpo"))
-    config = train.common_args(section, params, checkpoints, report_to)
-    trainer = PretokenizedCPOTrainer(
-        model=model, args=CPOConfig(**config, loss_type="simpo"), train_dataset=train_rows, eval_dataset=validation,
-        processing_class=models.tokenizer(base_dir), peft_config=train.lora_config(lora, "CAUSAL_LM"),
-        callbacks=callbacks)
-    metrics = train.fit(trainer, out, len(train_rows), resume)
-    return {**metrics, **chosen}, trainer.model
+def run(params, paths, out):
+    section = train.start_method(params)
+    train_rows = tokenize.load_split(paths.tokenized, "train", section.max_length).remove_columns("id")
+    validation = tokenize.load_split(paths.tokenized, "validation", section.max_length).remove_columns("id")
+    model = models.sft_merged(paths.base, paths.sft, params.model)
+    return train.fit_method(params, paths, out, PretokenizedCPOTrainer, CPOConfig, train_rows, validation, model,
+                            config={"loss_type": "simpo"})
