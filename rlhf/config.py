@@ -61,6 +61,7 @@ class Data:
 
 @dataclass
 class Prepare:
+    split_by: Literal["prompt", "subject", "row"]
     validation_size: float | int = field(default=0.1, metadata=_range(0.0, low_open=True))
     max_prompt_chars: int = field(default=8000, metadata=_range(1))
     max_response_chars: int = field(default=8000, metadata=_range(1))

@@ -10,12 +10,12 @@ from rlhf.io import UserError, read_jsonl
 from conftest import messages
 
 
-def run(rows, tmp_path, cfg=Prepare(), seed=0, num_proc=1, batch_size=1000):
+def run(rows, tmp_path, cfg=Prepare(split_by="prompt"), seed=0, num_proc=1, batch_size=1000):
     """prepare.prepare on `rows` written as a fetch output: (train rows, validation rows, drop counts)."""
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     out = tmp_path / f"out-{seed}-{num_proc}-{batch_size}"
     out.mkdir(exist_ok=True)
-    read, dropped, n_train, n_val = prepare.prepare(tmp_path / "rows.jsonl", out, cfg, seed, num_proc, batch_size)
+    read, dropped, n_train, n_val, _ = prepare.prepare(tmp_path / "rows.jsonl", out, cfg, seed, num_proc, batch_size)
     train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
     assert read == len(rows) and (n_train, n_val) == (len(train), len(val))
     return train, val, dropped
@@ -32,7 +32,7 @@ def test_filters_count_every_drop_by_reason(tmp_path):
         messages(" ", "a", "b", "no-prompt"),
         messages("q5", "fine", "also fine", "keep2"),
     ]
-    train, val, dropped = run(rows, tmp_path, Prepare(validation_size=1, max_prompt_chars=20, max_response_chars=20))
+    train, val, dropped = run(rows, tmp_path, Prepare(split_by="prompt", validation_size=1, max_prompt_chars=20, max_response_chars=20))
     kept = train + val
     assert sorted(r["id"] for r in kept) == ["keep", "keep2"]
     assert dropped == {"dropped_duplicate": 1, "dropped_empty_prompt": 1, "dropped_empty_response": 1,
@@ -43,10 +43,10 @@ def test_filters_count_every_drop_by_reason(tmp_path):
 
 def test_duplicates_kept_when_asked():
     rows = [messages("q", "a", "b", "1"), messages("q", "a", "b", "2")]
-    checked = prepare.checks([json.dumps(r).encode() for r in rows], Prepare())
-    kept, dropped = prepare.filter_rows(checked, drop_duplicates=False)
+    checked = prepare.checks([json.dumps(r).encode() for r in rows], Prepare(split_by="prompt"))
+    kept, _, _, dropped = prepare.filter_rows(checked, drop_duplicates=False)
     assert list(kept) == [0, 1] and not any(dropped.values())
-    kept, dropped = prepare.filter_rows(checked, drop_duplicates=True)
+    kept, _, _, dropped = prepare.filter_rows(checked, drop_duplicates=True)
     assert list(kept) == [0] and dropped["dropped_duplicate"] == 1
 
 
@@ -56,7 +56,7 @@ def rows_of_lengths(n):
 
 def test_split_is_deterministic_and_sized(tmp_path):
     rows = rows_of_lengths(100)
-    cfg = Prepare(validation_size=0.2)
+    cfg = Prepare(split_by="prompt", validation_size=0.2)
     train, val, _ = run(rows, tmp_path, cfg, seed=1)
     assert (train, val) == run(rows, tmp_path, cfg, seed=1)[:2]
     assert len(val) == 20 and len(train) == 80
@@ -64,7 +64,7 @@ def test_split_is_deterministic_and_sized(tmp_path):
     assert not {r["id"] for r in train} & {r["id"] for r in val}
     other_train = run(rows, tmp_path, cfg, seed=2)[0]
     assert [r["id"] for r in other_train] != [r["id"] for r in train]
-    assert len(run(rows, tmp_path, Prepare(validation_size=7), seed=1)[1]) == 7
+    assert len(run(rows, tmp_path, Prepare(split_by="prompt", validation_size=7), seed=1)[1]) == 7
 
 
 def test_same_output_for_any_workers_and_batch_size(tmp_path):
@@ -78,7 +78,7 @@ def test_same_output_for_any_workers_and_batch_size(tmp_path):
 
 
 def test_validation_sorted_longest_first_train_not_sorted(tmp_path):
-    train, val, _ = run(rows_of_lengths(200), tmp_path, Prepare(validation_size=0.25))
+    train, val, _ = run(rows_of_lengths(200), tmp_path, Prepare(split_by="prompt", validation_size=0.25))
     lengths = [prepare.length(r) for r in val]
     assert lengths == sorted(lengths, reverse=True)
     train_lengths = [prepare.length(r) for r in train]
@@ -89,17 +89,18 @@ def test_validation_sorted_longest_first_train_not_sorted(tmp_path):
 
 def test_split_too_small_is_a_clear_error():
     with pytest.raises(UserError, match="validation_size = 5 gives 5 validation rows out of 3"):
-        prepare.split(3, 5, seed=0)
+        prepare.split(range(3), 5, seed=0)
 
 
 def test_accounting_adds_up_or_raises():
     fetch_stats = {"rows_read": 10, "sampled_out": 2, "skipped_bad_rows": 1, "dropped_tie": 1, "rows_fetched": 6,
                    "source": "x"}
     dropped = {"dropped_duplicate": 1}
-    metrics = prepare.account(fetch_stats, 6, dropped, train=4, validation=1)
-    assert metrics["train_rows"] == 4 and "source" not in metrics
+    prompts = prepare.prompt_counts([], [], [])
+    metrics = prepare.account(fetch_stats, 6, dropped, train=4, validation=1, prompts=prompts)
+    assert metrics["train_rows"] == 4 and "source" not in metrics and metrics["validation_prompts_in_train"] == 0
     with pytest.raises(RuntimeError, match="does not add up"):
-        prepare.account(fetch_stats, 6, dropped, train=3, validation=1)
+        prepare.account(fetch_stats, 6, dropped, train=3, validation=1, prompts=prompts)
 
 
 def test_every_row_dropped_names_the_counts_and_still_writes_the_metrics(tmp_path, monkeypatch):
