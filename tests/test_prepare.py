@@ -32,7 +32,8 @@ def test_filters_count_every_drop_by_reason(tmp_path):
         messages(" ", "a", "b", "no-prompt"),
         messages("q5", "fine", "also fine", "keep2"),
     ]
-    train, val, dropped = run(rows, tmp_path, Prepare(split_by="prompt", validation_size=1, max_prompt_chars=20, max_response_chars=20))
+    cfg = Prepare(split_by="prompt", validation_size=1, max_prompt_chars=20, max_response_chars=20)
+    train, val, dropped = run(rows, tmp_path, cfg)
     kept = train + val
     assert sorted(r["id"] for r in kept) == ["keep", "keep2"]
     assert dropped == {"dropped_duplicate": 1, "dropped_empty_prompt": 1, "dropped_empty_response": 1,
