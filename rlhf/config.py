@@ -3,6 +3,10 @@
 Each section is a small dataclass whose field names are the keys in params.yaml (and, where a library has a name for
 the knob, the library's name). `load()` checks every key, type and range before any work starts and raises
 ConfigError naming the key, the bad value and what is allowed.
+
+No field has a default: params.yaml is the only home of a default (a second one in code drifted from it, and tests
+built from it ran settings the pipeline never runs), so a key missing from params.yaml is an error, not a guess.
+Tests and the benchmark build their params with `load(path, overrides)`.
 """
 import dataclasses
 import difflib
@@ -33,21 +37,21 @@ def _range(low=None, high=None, low_open=False, high_open=False):
 
 @dataclass
 class Builtin:
-    num_pairs: int = field(default=2000, metadata=_range(10))
-    label_noise: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    num_pairs: int = field(metadata=_range(10))
+    label_noise: float = field(metadata=_range(0.0, 0.5))
 
 
 @dataclass
 class Data:
-    source: str = "builtin:sentiment"
-    name: str | None = None
-    split: str = "train"
-    revision: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)
-    sample_ratio: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
-    max_rows: int | None = field(default=None, metadata=_range(1))
-    on_bad_rows: Literal["error", "skip"] = "error"
-    builtin: Builtin = field(default_factory=Builtin)
+    source: str
+    name: str | None
+    split: str
+    revision: str | None
+    columns: dict[str, str]
+    sample_ratio: float = field(metadata=_range(0.0, 1.0, low_open=True))
+    max_rows: int | None = field(metadata=_range(1))
+    on_bad_rows: Literal["error", "skip"]
+    builtin: Builtin
 
     def __post_init__(self):
         unknown = sorted(set(self.columns) - set(COLUMN_ROLES))
@@ -62,10 +66,10 @@ class Data:
 @dataclass
 class Prepare:
     split_by: Literal["prompt", "subject", "row"]
-    validation_size: float | int = field(default=0.1, metadata=_range(0.0, low_open=True))
-    max_prompt_chars: int = field(default=8000, metadata=_range(1))
-    max_response_chars: int = field(default=8000, metadata=_range(1))
-    drop_duplicates: bool = True
+    validation_size: float | int = field(metadata=_range(0.0, low_open=True))
+    max_prompt_chars: int = field(metadata=_range(1))
+    max_response_chars: int = field(metadata=_range(1))
+    drop_duplicates: bool
 
     def __post_init__(self):
         if isinstance(self.validation_size, float) and self.validation_size >= 1:
@@ -78,63 +82,63 @@ class Prepare:
 @dataclass
 class TinyModel:
     # LlamaConfig field names, passed straight through.
-    vocab_size: int = field(default=512, metadata=_range(64))
-    hidden_size: int = field(default=64, metadata=_range(8))
-    intermediate_size: int = field(default=256, metadata=_range(8))
-    num_hidden_layers: int = field(default=2, metadata=_range(1))
-    num_attention_heads: int = field(default=4, metadata=_range(1))
-    max_position_embeddings: int = field(default=512, metadata=_range(16))
+    vocab_size: int = field(metadata=_range(64))
+    hidden_size: int = field(metadata=_range(8))
+    intermediate_size: int = field(metadata=_range(8))
+    num_hidden_layers: int = field(metadata=_range(1))
+    num_attention_heads: int = field(metadata=_range(1))
+    max_position_embeddings: int = field(metadata=_range(16))
 
 
 @dataclass
 class Pretrain:
-    max_steps: int = field(default=300, metadata=_range(0))
-    learning_rate: float = field(default=3e-3, metadata=_range(0.0, low_open=True))
-    per_device_train_batch_size: int = field(default=32, metadata=_range(1))
+    max_steps: int = field(metadata=_range(0))
+    learning_rate: float = field(metadata=_range(0.0, low_open=True))
+    per_device_train_batch_size: int = field(metadata=_range(1))
 
 
 @dataclass
 class Model:
-    name: str = "builtin:tiny"
-    revision: str | None = None
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    tiny: TinyModel = field(default_factory=TinyModel)
-    pretrain: Pretrain = field(default_factory=Pretrain)
+    name: str
+    revision: str | None
+    quantization: Literal["none", "4bit", "8bit"]
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    tiny: TinyModel
+    pretrain: Pretrain
 
 
 @dataclass
 class Tokenize:
-    max_prompt_length: int = field(default=256, metadata=_range(1))
-    max_completion_length: int = field(default=256, metadata=_range(1))
-    overlong: Literal["truncate", "drop"] = "truncate"
-    system_message: Literal["keep", "fold_into_user", "drop"] = "keep"
+    max_prompt_length: int = field(metadata=_range(1))
+    max_completion_length: int = field(metadata=_range(1))
+    overlong: Literal["truncate", "drop"]
+    system_message: Literal["keep", "fold_into_user", "drop"]
 
 
 @dataclass
 class Processing:
     # Not a stage param: every setting gives the same outputs (tested), so changing it reruns nothing.
-    num_proc: int | Literal["auto"] = field(default="auto", metadata=_range(1))
-    batch_size: int = field(default=1000, metadata=_range(1))
+    num_proc: int | Literal["auto"] = field(metadata=_range(1))
+    batch_size: int = field(metadata=_range(1))
 
 
 @dataclass
 class Lora:
     # peft.LoraConfig field names, passed straight through; null takes the value from compute.preset.
-    r: int | None = field(default=None, metadata=_range(1))
-    lora_alpha: int | None = field(default=None, metadata=_range(1))
-    lora_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, high_open=True))
-    target_modules: str | list[str] = "all-linear"
+    r: int | None = field(metadata=_range(1))
+    lora_alpha: int | None = field(metadata=_range(1))
+    lora_dropout: float = field(metadata=_range(0.0, 1.0, high_open=True))
+    target_modules: str | list[str]
     # "auto" (ours): [lm_head] for builtin:tiny, null for any other model (see train.resolve_modules_to_save)
-    modules_to_save: Literal["auto"] | list[str] | None = "auto"
+    modules_to_save: Literal["auto"] | list[str] | None
 
 
 @dataclass
 class Compute:
-    preset: Literal["auto", "low_memory", "standard", "cpu"] = "auto"
-    num_processes: int = field(default=1, metadata=_range(1))
-    accelerate_config: str | None = None
-    activation_checkpointing: bool = False  # TrainingArguments' name; honoured by every training stage
+    preset: Literal["auto", "low_memory", "standard", "cpu"]
+    num_processes: int = field(metadata=_range(1))
+    accelerate_config: str | None
+    activation_checkpointing: bool  # TrainingArguments' name; honoured by every training stage
 
     def __post_init__(self):
         if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
@@ -149,194 +153,199 @@ class Compute:
 class Training:
     # transformers/TRL TrainingArguments field names, passed straight through; null takes the value from
     # compute.preset.
-    learning_rate: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
-    num_train_epochs: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    max_steps: int = field(default=-1, metadata=_range(-1))
-    per_device_train_batch_size: int | None = field(default=None, metadata=_range(1))
-    gradient_accumulation_steps: int | None = field(default=None, metadata=_range(1))
-    max_length: int | None = field(default=None, metadata=_range(1))
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_steps: int | float = field(default=0.1, metadata=_range(0.0))
-    weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    max_grad_norm: float = field(default=1.0, metadata=_range(0.0))
-    logging_steps: int = field(default=10, metadata=_range(1))
-    eval_steps: int = field(default=50, metadata=_range(1))
-    save_steps: int = field(default=100, metadata=_range(1))
+    learning_rate: float = field(metadata=_range(0.0, low_open=True))
+    num_train_epochs: float = field(metadata=_range(0.0, low_open=True))
+    max_steps: int = field(metadata=_range(-1))
+    per_device_train_batch_size: int | None = field(metadata=_range(1))
+    gradient_accumulation_steps: int | None = field(metadata=_range(1))
+    max_length: int | None = field(metadata=_range(1))
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    warmup_steps: int | float = field(metadata=_range(0.0))
+    weight_decay: float = field(metadata=_range(0.0))
+    max_grad_norm: float = field(metadata=_range(0.0))
+    logging_steps: int = field(metadata=_range(1))
+    eval_steps: int = field(metadata=_range(1))
+    save_steps: int = field(metadata=_range(1))
 
 
 @dataclass
 class SFT(Training):
-    train_sampling_strategy: Literal["random", "group_by_length"] = "random"
+    train_sampling_strategy: Literal["random", "group_by_length"]
 
 
 @dataclass
 class Reward(Training):
-    center_rewards_coefficient: float | None = field(default=None, metadata=_range(0.0))
+    center_rewards_coefficient: float | None = field(metadata=_range(0.0))
 
 
 @dataclass
 class Reference:
     # The reference stage: the SFT model's log-probs of every pair, computed once (rlhf/reference.py).
-    batch_size: int = field(default=32, metadata=_range(1))
+    batch_size: int = field(metadata=_range(1))
 
 
 @dataclass
 class DPO(Training):
-    beta: float = field(default=0.1, metadata=_range(0.0, low_open=True))
-    loss_type: str | list[str] = "sigmoid"
+    beta: float = field(metadata=_range(0.0, low_open=True))
+    loss_type: str | list[str]
 
 
 @dataclass
 class ORPO(Training):
-    beta: float = field(default=0.1, metadata=_range(0.0, low_open=True))
-    init: Literal["base", "sft"] = "base"  # ours, not ORPOConfig's: the model the adapter starts from
+    beta: float = field(metadata=_range(0.0, low_open=True))
+    init: Literal["base", "sft"]  # ours, not ORPOConfig's: the model the adapter starts from
 
 
 @dataclass
 class SimPO(Training):
-    beta: float = field(default=2.0, metadata=_range(0.0, low_open=True))
-    simpo_gamma: float = field(default=0.5, metadata=_range(0.0))
-    cpo_alpha: float = field(default=0.0, metadata=_range(0.0))
+    beta: float = field(metadata=_range(0.0, low_open=True))
+    simpo_gamma: float = field(metadata=_range(0.0))
+    cpo_alpha: float = field(metadata=_range(0.0))
 
 
 @dataclass
 class KTO(Training):
-    beta: float = field(default=0.1, metadata=_range(0.0, low_open=True))
-    desirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    undesirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    beta: float = field(metadata=_range(0.0, low_open=True))
+    desirable_weight: float = field(metadata=_range(0.0, low_open=True))
+    undesirable_weight: float = field(metadata=_range(0.0, low_open=True))
 
 
 @dataclass
 class GRPO:
     # trl.GRPOConfig field names, except oracle_reward (ours).
-    learning_rate: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
-    max_steps: int = field(default=60, metadata=_range(1))
-    per_device_train_batch_size: int = field(default=32, metadata=_range(1))
-    gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
-    num_generations: int = field(default=8, metadata=_range(2))
-    max_completion_length: int = field(default=32, metadata=_range(1))
-    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    beta: float = field(default=0.04, metadata=_range(0.0))
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "constant"
-    warmup_steps: int | float = field(default=0, metadata=_range(0.0))
-    logging_steps: int = field(default=5, metadata=_range(1))
-    save_steps: int = field(default=50, metadata=_range(1))
-    oracle_reward: bool = False
+    learning_rate: float = field(metadata=_range(0.0, low_open=True))
+    max_steps: int = field(metadata=_range(1))
+    per_device_train_batch_size: int = field(metadata=_range(1))
+    gradient_accumulation_steps: int = field(metadata=_range(1))
+    num_generations: int = field(metadata=_range(2))
+    max_completion_length: int = field(metadata=_range(1))
+    temperature: float = field(metadata=_range(0.0, low_open=True))
+    beta: float = field(metadata=_range(0.0))
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    warmup_steps: int | float = field(metadata=_range(0.0))
+    logging_steps: int = field(metadata=_range(1))
+    save_steps: int = field(metadata=_range(1))
+    oracle_reward: bool
 
 
 @dataclass
 class PPO:
-    # Our own PPO (TRL 1.x has none); names follow TRL's PPOConfig (0.11) where it had one. These defaults equal
-    # params.yaml's (a test checks), which is where a default is chosen.
-    learning_rate: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
-    num_iterations: int = field(default=40, metadata=_range(1))
-    rollout_batch_size: int = field(default=64, metadata=_range(1))
-    mini_batch_size: int = field(default=16, metadata=_range(1))
-    ppo_epochs: int = field(default=4, metadata=_range(1))
-    max_new_tokens: int = field(default=32, metadata=_range(1))
-    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    kl_coef: float = field(default=0.2, metadata=_range(0.0))
-    adap_kl_ctrl: bool = False
-    target: float = field(default=1.5, metadata=_range(0.0, low_open=True))
-    horizon: int = field(default=2560, metadata=_range(1))
-    missing_eos_penalty: float | None = field(default=None, metadata=_range(0.0))
-    reward_normalization: Literal["dataset", "sft_samples"] = "dataset"
-    critic: Literal["shared", "separate"] = "shared"
-    clip_range: float = field(default=0.2, metadata=_range(0.0, low_open=True))
-    clip_range_value: float = field(default=0.2, metadata=_range(0.0, low_open=True))
-    vf_coef: float = field(default=0.5, metadata=_range(0.0))
-    gamma: float = field(default=1.0, metadata=_range(0.0, 1.0))
-    lam: float = field(default=0.95, metadata=_range(0.0, 1.0))
-    whiten_advantages: bool = True
-    max_grad_norm: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    logging_steps: int = field(default=1, metadata=_range(1))
-    save_steps: int = field(default=10, metadata=_range(1))
+    # Our own PPO (TRL 1.x has none); names follow TRL's PPOConfig (0.11) where it had one.
+    learning_rate: float = field(metadata=_range(0.0, low_open=True))
+    num_iterations: int = field(metadata=_range(1))
+    rollout_batch_size: int = field(metadata=_range(1))
+    mini_batch_size: int = field(metadata=_range(1))
+    ppo_epochs: int = field(metadata=_range(1))
+    max_new_tokens: int = field(metadata=_range(1))
+    temperature: float = field(metadata=_range(0.0, low_open=True))
+    kl_coef: float = field(metadata=_range(0.0))
+    adap_kl_ctrl: bool
+    target: float = field(metadata=_range(0.0, low_open=True))
+    horizon: int = field(metadata=_range(1))
+    missing_eos_penalty: float | None = field(metadata=_range(0.0))
+    reward_normalization: Literal["dataset", "sft_samples"]
+    critic: Literal["shared", "separate"]
+    clip_range: float = field(metadata=_range(0.0, low_open=True))
+    clip_range_value: float = field(metadata=_range(0.0, low_open=True))
+    vf_coef: float = field(metadata=_range(0.0))
+    gamma: float = field(metadata=_range(0.0, 1.0))
+    lam: float = field(metadata=_range(0.0, 1.0))
+    whiten_advantages: bool
+    max_grad_norm: float = field(metadata=_range(0.0, low_open=True))
+    logging_steps: int = field(metadata=_range(1))
+    save_steps: int = field(metadata=_range(1))
 
 
 @dataclass
 class Align:
     # The align stage's own before/after check on validation prompts (the evaluate stage measures in full).
-    oracle_eval_prompts: int = field(default=128, metadata=_range(1))
-    max_new_tokens: int = field(default=32, metadata=_range(1))
-    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    oracle_eval_prompts: int = field(metadata=_range(1))
+    max_new_tokens: int = field(metadata=_range(1))
+    temperature: float = field(metadata=_range(0.0, low_open=True))
 
 
 @dataclass
 class Gate:
     # Thresholds the policy must meet against SFT before export ships it; null turns a check off.
-    min_rm_win_rate: float | None = field(default=None, metadata=_range(0.0, 1.0))
-    min_oracle_win_rate: float | None = field(default=None, metadata=_range(0.0, 1.0))
-    max_kl: float | None = field(default=None, metadata=_range(0.0))
-    max_length_change: float | None = field(default=None, metadata=_range(0.0))
-    max_perplexity_rise: float | None = field(default=None, metadata=_range(0.0))
+    min_rm_win_rate: float | None = field(metadata=_range(0.0, 1.0))
+    min_oracle_win_rate: float | None = field(metadata=_range(0.0, 1.0))
+    max_kl: float | None = field(metadata=_range(0.0))
+    max_length_change: float | None = field(metadata=_range(0.0))
+    max_perplexity_rise: float | None = field(metadata=_range(0.0))
 
 
 @dataclass
 class Eval:
-    num_prompts: int | None = field(default=None, metadata=_range(1))
-    max_new_tokens: int = field(default=32, metadata=_range(1))
-    temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
-    batch_size: int = field(default=64, metadata=_range(1))
-    num_samples: int = field(default=20, metadata=_range(0))
-    gate: Gate = field(default_factory=Gate)
+    num_prompts: int | None = field(metadata=_range(1))
+    max_new_tokens: int = field(metadata=_range(1))
+    temperature: float = field(metadata=_range(0.0, low_open=True))
+    top_p: float = field(metadata=_range(0.0, 1.0, low_open=True))
+    batch_size: int = field(metadata=_range(1))
+    num_samples: int = field(metadata=_range(0))
+    gate: Gate
 
 
 @dataclass
 class Export:
-    enabled: bool = True
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    ignore_gate: bool = False
+    enabled: bool
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    ignore_gate: bool
 
 
 @dataclass
 class Tracking:
-    wandb: bool = False
-    wandb_project: str = "rlhf"
+    wandb: bool
+    wandb_project: str
 
 
 @dataclass
 class Params:
-    seed: int = 0
-    method: Literal[METHODS] = "dpo"
-    data: Data = field(default_factory=Data)
-    prepare: Prepare = field(default_factory=Prepare)
-    model: Model = field(default_factory=Model)
-    tokenize: Tokenize = field(default_factory=Tokenize)
-    processing: Processing = field(default_factory=Processing)
-    lora: Lora = field(default_factory=Lora)
-    compute: Compute = field(default_factory=Compute)
-    sft: SFT = field(default_factory=SFT)
-    reward: Reward = field(default_factory=Reward)
-    reference: Reference = field(default_factory=Reference)
-    align: Align = field(default_factory=Align)
-    dpo: DPO = field(default_factory=DPO)
-    orpo: ORPO = field(default_factory=ORPO)
-    ppo: PPO = field(default_factory=PPO)
-    simpo: SimPO = field(default_factory=SimPO)
-    kto: KTO = field(default_factory=KTO)
-    grpo: GRPO = field(default_factory=GRPO)
-    eval: Eval = field(default_factory=Eval)
-    export: Export = field(default_factory=Export)
-    tracking: Tracking = field(default_factory=Tracking)
+    seed: int
+    method: Literal[METHODS]
+    data: Data
+    prepare: Prepare
+    model: Model
+    tokenize: Tokenize
+    processing: Processing
+    lora: Lora
+    compute: Compute
+    sft: SFT
+    reward: Reward
+    reference: Reference
+    align: Align
+    dpo: DPO
+    orpo: ORPO
+    ppo: PPO
+    simpo: SimPO
+    kto: KTO
+    grpo: GRPO
+    eval: Eval
+    export: Export
+    tracking: Tracking
 
 
-def write_with_overrides(src: str | Path, dst: str | Path, overrides: dict) -> Path:
-    """`src` (a params.yaml) with `overrides` (dotted keys, e.g. "sft.max_steps") applied, written to `dst`; for
-    tests and the benchmark, which run the stages on other settings."""
-    raw = yaml.safe_load(Path(src).read_text())
+def _override(raw: dict, overrides: dict) -> dict:
+    """`raw` (a parsed params.yaml) with `overrides` (dotted keys, e.g. "sft.max_steps") set in place."""
     for dotted, value in overrides.items():
         *parents, last = dotted.split(".")
         node = raw
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
+    return raw
+
+
+def write_with_overrides(src: str | Path, dst: str | Path, overrides: dict) -> Path:
+    """`src` (a params.yaml) with `overrides` (dotted keys, e.g. "sft.max_steps") applied, written to `dst`; for
+    tests and the benchmark, which run the stages on other settings."""
+    raw = _override(yaml.safe_load(Path(src).read_text()), overrides)
     Path(dst).write_text(yaml.safe_dump(raw, sort_keys=False))
     return Path(dst)
 
 
-def load(path: str | Path = "params.yaml") -> Params:
-    """Parse and validate params.yaml; raise ConfigError before any work starts."""
+def load(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Parse and validate params.yaml, with `overrides` (dotted keys, for tests and the benchmark) applied; raise
+    ConfigError before any work starts."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found. Run the stages from the repository root, where params.yaml lives.")
@@ -344,7 +353,7 @@ def load(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err}). Fix the syntax and run again.") from None
-    return _build(Params, raw, "", path)
+    return _build(Params, _override(raw, overrides or {}), "", path)
 
 
 def _build(cls, raw: Any, prefix: str, path: Path):
@@ -361,10 +370,14 @@ def _build(cls, raw: Any, prefix: str, path: Path):
                 f"{path}: unknown key '{prefix}{key}'.{hint} Allowed keys in {where}: {', '.join(fields)}. "
                 "Fix the spelling in params.yaml (with `dvc exp run -S`, only keys already in params.yaml can be set)."
             )
+    missing = [prefix + name for name in fields if name not in raw]
+    if missing:
+        raise ConfigError(
+            f"{path}: missing key(s) {', '.join(missing)}. The code has no defaults: every setting is written in "
+            "params.yaml. Copy the missing line(s), with their comments, from the repository's params.yaml."
+        )
     values = {}
     for name, f in fields.items():
-        if name not in raw:
-            continue
         key = prefix + name
         values[name] = _convert(hints[name], raw[name], key, path)
         if "range" in f.metadata and isinstance(values[name], (int, float)):  # not None or "auto"

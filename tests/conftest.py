@@ -41,6 +41,19 @@ def write_params(path: Path, overrides: dict) -> Path:
     return config.write_with_overrides(REPO / "params.yaml", path, overrides)
 
 
+def repo_params(overrides: dict | None = None):
+    """The repo's params.yaml with `overrides` (dotted keys, e.g. {"sft.max_steps": 2}) applied, loaded and validated.
+    Tests start from the settings the pipeline runs: the config dataclasses have no defaults of their own."""
+    from rlhf import config
+
+    return config.load(REPO / "params.yaml", overrides)
+
+
+def repo_section(section: str, /, **fields):
+    """One section of `repo_params()` with `fields` set, e.g. repo_section("model", dtype="bfloat16")."""
+    return getattr(repo_params({f"{section}.{key}": value for key, value in fields.items()}), section)
+
+
 def run_stage(workdir: Path, name: str, *args: str) -> None:
     """Run stages/<name>.py's main() in-process, in `workdir` (where its params.yaml is)."""
     import contextlib

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from rlhf import align, policy
-from rlhf.config import METHODS, Model
+from rlhf.config import METHODS
 from rlhf.io import UserError
-from conftest import run_stage, write_params, TINY
+from conftest import repo_section, run_stage, write_params, TINY
 
 
 def run_align(tiny_trained, tmp_path, method, **overrides):
@@ -37,7 +37,7 @@ def test_method_trains_and_saves_a_loadable_adapter(tiny_trained, tmp_path, meth
     metrics = json.loads((work / "metrics/align.json").read_text())
     assert metrics["method"] == method and metrics["steps"] >= 2
     assert {"oracle_sft", "oracle_policy", "oracle_gain"} <= set(metrics)
-    model = align.load_trained_policy(work / "models/base", work / "models/sft", out, Model())
+    model = align.load_trained_policy(work / "models/base", work / "models/sft", out, repo_section("model"))
     ids = torch.tensor([[5, 17, 23, 42, 7]])
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
@@ -49,7 +49,7 @@ def test_method_trains_and_saves_a_loadable_adapter(tiny_trained, tmp_path, meth
 def test_dpo_reference_is_the_sft_model(tiny_trained, tmp_path):
     """With the new adapter disabled, the policy is exactly the SFT model: that is DPO's reference (ref_model=None)."""
     work = run_align(tiny_trained, tmp_path, "dpo")
-    cfg = Model()
+    cfg = repo_section("model")
     trained = align.load_trained_policy(work / "models/base", work / "models/sft", work / "models/policy", cfg)
     sft = policy.load_sft_merged(work / "models/base", work / "models/sft", cfg).eval()
     ids = torch.tensor([[3, 9, 27, 81, 50, 11]])

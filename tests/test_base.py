@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from rlhf import base, synthetic
-from rlhf.config import Model, Pretrain, TinyModel
 from rlhf.io import UserError
-from conftest import messages
+from conftest import messages, repo_params, repo_section
+
+SMALL = {"model.tiny.vocab_size": 300, "model.tiny.hidden_size": 32, "model.tiny.intermediate_size": 64}
 
 
 def rows(n=64):
@@ -23,8 +24,7 @@ def nll(model, tokenizer, row) -> float:
 def test_tiny_model_builds_pretrains_and_loads_back(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    cfg = Model(tiny=TinyModel(vocab_size=300, hidden_size=32, intermediate_size=64),
-                pretrain=Pretrain(max_steps=40, per_device_train_batch_size=8))
+    cfg = repo_params({**SMALL, "model.pretrain.max_steps": 40, "model.pretrain.per_device_train_batch_size": 8}).model
     stats = base.build_tiny(rows(), cfg, seed=0, out=tmp_path)
     assert stats["pretrain_steps"] == 40 and stats["pretrain_loss"] > 0
     tokenizer = base.load_tokenizer(tmp_path)
@@ -39,8 +39,7 @@ def test_tiny_model_builds_pretrains_and_loads_back(tmp_path):
 
 
 def test_tiny_model_is_deterministic(tmp_path):
-    cfg = Model(tiny=TinyModel(vocab_size=300, hidden_size=32, intermediate_size=64),
-                pretrain=Pretrain(max_steps=5, per_device_train_batch_size=8))
+    cfg = repo_params({**SMALL, "model.pretrain.max_steps": 5, "model.pretrain.per_device_train_batch_size": 8}).model
     a = base.build_tiny(rows(), cfg, seed=0, out=tmp_path / "a")
     b = base.build_tiny(rows(), cfg, seed=0, out=tmp_path / "b")
     assert a == b
@@ -50,7 +49,7 @@ def test_tiny_model_is_deterministic(tmp_path):
 @pytest.fixture
 def local_model(tmp_path):
     """A model folder as a user would have it: weights, config and a tokenizer without a chat template."""
-    cfg = Model(tiny=TinyModel(vocab_size=300, hidden_size=32, intermediate_size=64), pretrain=Pretrain(max_steps=0))
+    cfg = repo_params({**SMALL, "model.pretrain.max_steps": 0}).model
     folder = tmp_path / "local-model"
     base.build_tiny(rows(), cfg, seed=0, out=folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
@@ -63,7 +62,7 @@ def local_model(tmp_path):
 def test_local_model_recorded_not_copied(tmp_path, local_model):
     out = tmp_path / "base"
     out.mkdir()
-    weights = base.resolve_pretrained(Model(name=str(local_model)), out)
+    weights = base.resolve_pretrained(repo_section("model", name=str(local_model)), out)
     assert weights["kind"] == "local" and weights["path"] == str(local_model)
     assert not list(out.glob("*.safetensors"))
     (out / base.BASE_FILE).write_text(json.dumps({"weights": weights}))
@@ -78,6 +77,6 @@ def test_local_model_recorded_not_copied(tmp_path, local_model):
 
 def test_missing_local_model_and_unreachable_hub_id(tmp_path):
     with pytest.raises(UserError, match="no such local file or folder"):
-        base.resolve_pretrained(Model(name="./nope"), tmp_path)
+        base.resolve_pretrained(repo_section("model", name="./nope"), tmp_path)
     with pytest.raises(UserError, match="could not be loaded.*local folder"):
-        base.resolve_pretrained(Model(name="no-such-org/no-such-model"), tmp_path)
+        base.resolve_pretrained(repo_section("model", name="no-such-org/no-such-model"), tmp_path)

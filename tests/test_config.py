@@ -1,5 +1,6 @@
 """params.yaml validation: every mistake is caught before work starts, with the key named."""
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -22,6 +23,43 @@ def test_repo_params_load_and_cover_every_field():
                 walk(value, node[f.name], f"{prefix}{f.name}.")
 
     walk(params, raw, "")
+
+
+def test_config_has_no_defaults():
+    """params.yaml is the only home of a default. Defaults in the dataclasses had drifted from it (18 of them, e.g.
+    model.pretrain.max_steps 300 against 1000, every eval.gate threshold null), and tests that built config.Params()
+    ran settings the pipeline never runs; tests now start from conftest.repo_params()."""
+    sections = [obj for obj in vars(config).values() if isinstance(obj, type) and dataclasses.is_dataclass(obj)]
+    assert config.Params in sections and config.Gate in sections and config.Training in sections
+    in_code = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
+               if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert not in_code, f"defaults in rlhf/config.py: {in_code}; write the value in params.yaml instead"
+
+
+@pytest.mark.parametrize("key", ["seed", "model.pretrain.max_steps", "lora.r", "eval.gate.max_kl", "data.builtin"])
+def test_missing_key_is_named_and_says_where_to_copy_it_from(tmp_path, key):
+    """A params.yaml from an older version of the project lacks newer keys: the error names each one (nested
+    sections, null-able fields and whole sections alike) rather than running on a value nobody chose."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    *parents, last = key.split(".")
+    node = raw
+    for name in parents:
+        node = node[name]
+    del node[last]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match=rf"missing key\(s\) {re.escape(key)}\. .*Copy the missing line\(s\), with "
+                                          r"their comments, from the repository's params\.yaml"):
+        config.load(path)
+
+
+def test_overrides_are_validated_like_the_file(params_file):
+    """load(path, overrides) (what tests and the benchmark use) gives what the same keys written in the file give,
+    and checks them the same way."""
+    overrides = {"sft.max_steps": 7, "eval.gate.max_kl": None, "data.columns": {"prompt": "q"}}
+    assert config.load(REPO / "params.yaml", overrides) == config.load(params_file(overrides))
+    with pytest.raises(ConfigError, match=r"sft\.max_steps = -2 is out of range"):
+        config.load(REPO / "params.yaml", {"sft.max_steps": -2})
 
 
 def test_misspelled_key_names_key_and_suggests(params_file):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rlhf import align, evaluate, export
-from rlhf.config import Gate, Model
+from rlhf.config import Gate
 from rlhf.io import UserError
-from conftest import evaluate_stages, run_stage, write_params, TINY
+from conftest import evaluate_stages, repo_section, run_stage, write_params, TINY
 from test_align import run_align
 
 GOOD = {"rm_win_rate": 0.7, "oracle_win_rate": 0.6, "kl_policy_sft": 1.5, "length_sft": 10.0, "length_policy": 12.0,
@@ -73,7 +73,7 @@ def test_plain_transformers_loads_the_export_and_it_equals_our_policy(exported):
     plain = AutoModelForCausalLM.from_pretrained(exported / "models/export").eval()
     assert not hasattr(plain, "peft_config")
     ours = align.load_trained_policy(exported / "models/base", exported / "models/sft", exported / "models/policy",
-                                     Model())
+                                     repo_section("model"))
     tokenizer = AutoTokenizer.from_pretrained(exported / "models/export")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Write a review of the film."}],
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)

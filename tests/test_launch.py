@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from rlhf import align, launch
-from rlhf.config import Compute, ConfigError, Model
-from tests.conftest import REPO, TINY, write_params
+from rlhf.config import ConfigError
+from tests.conftest import REPO, TINY, repo_params, repo_section, write_params
 
 
 def test_one_process_does_the_work_itself(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("launched"))
-    assert launch.relaunch(Compute(), "stages.sft") is False
+    assert launch.relaunch(repo_section("compute"), "stages.sft") is False
     monkeypatch.setenv("WORLD_SIZE", "2")  # inside a launch (ours, or accelerate launch / torchrun by hand)
-    assert launch.relaunch(Compute(num_processes=2), "stages.sft") is False
+    assert launch.relaunch(repo_section("compute", num_processes=2), "stages.sft") is False
 
 
 def test_relaunch_command(monkeypatch, tmp_path):
@@ -28,28 +28,26 @@ def test_relaunch_command(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["stages/sft.py", "--out", "models/sft"])
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, env: calls.append((cmd, env)) or subprocess.CompletedProcess(cmd, 0))
-    assert launch.relaunch(Compute(num_processes=2), "stages.sft") is True
+    assert launch.relaunch(repo_section("compute", num_processes=2), "stages.sft") is True
     cmd, env = calls[-1]
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
     assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[-4:] == ["-m", "stages.sft", "--out", "models/sft"]
     assert env[launch.LAUNCHED] == "1" and str(REPO) in env["PYTHONPATH"].split(os.pathsep)
     config = tmp_path / "zero3.yaml"
     config.write_text("distributed_type: DEEPSPEED\n")
-    launch.relaunch(Compute(accelerate_config=str(config)), "stages.sft")
+    launch.relaunch(repo_section("compute", accelerate_config=str(config)), "stages.sft")
     cmd, _ = calls[-1]
     assert cmd[cmd.index("--config_file") + 1] == str(config) and "--num_processes" not in cmd  # the file says
 
 
 def test_missing_accelerate_config_is_a_clear_error():
     with pytest.raises(ConfigError, match="compute.accelerate_config = 'configs/nope.yaml' is not a file"):
-        Compute(accelerate_config="configs/nope.yaml")
+        repo_section("compute", accelerate_config="configs/nope.yaml")
 
 
 def test_ppo_refuses_several_processes():
-    from rlhf.config import Params
-
     with pytest.raises(Exception, match="method ppo trains in one process"):
-        align.check_processes(Params(method="ppo", compute=Compute(num_processes=2)))
+        align.check_processes(repo_params({"method": "ppo", "compute.num_processes": 2}))
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(REPO / "configs/accelerate/*.yaml"))))
@@ -109,7 +107,7 @@ def test_sft_with_two_processes(tiny_data, tmp_path):
 
     from rlhf import train
 
-    base = train.load_model(tmp_path / "models/base", Model()).eval()
+    base = train.load_model(tmp_path / "models/base", repo_section("model")).eval()
     ids = torch.tensor([[5, 17, 23, 42, 7]])
     with torch.no_grad():
         before = base(ids).logits
@@ -144,6 +142,7 @@ def test_dpo_with_two_processes_through_an_accelerate_config(tiny_trained, tmp_p
     assert {"oracle_sft", "oracle_policy"} <= set(m2)  # the main process ran the align stage's own check
     info = json.loads((tmp_path / "two" / align.INFO_FILE).read_text())
     assert info["params"]["compute"]["num_processes"] == 2
-    model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "two", Model())
+    model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "two",
+                                      repo_section("model"))
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[5, 17, 23, 42, 7]])).logits).all()

@@ -11,14 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import yaml
-
 from rlhf import align, base, config, generation, policy, reward, scoring, train
-from rlhf.config import Model
 from rlhf.methods import ppo
 from rlhf.ppo import functional, rollouts
 from rlhf.ppo.critic import critic_from_reward_model, policy_with_value_head
-from conftest import REPO, TINY, run_stage, write_params
+from conftest import TINY, repo_section, run_stage, write_params
 
 # Two answers of 3 and 2 tokens; the second row's last column is padding.
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -148,14 +145,6 @@ def test_adaptive_kl_coef_hand_computed():
     assert functional.adaptive_kl_coef(0.1, 1.8, 2.0, 640, 64) == pytest.approx(0.099)
     assert functional.adaptive_kl_coef(0.1, 0.0, 2.0, 640, 64) == pytest.approx(0.098)
     assert functional.adaptive_kl_coef(0.1, 2.0, 2.0, 640, 64) == pytest.approx(0.1)
-
-
-def test_ppo_defaults_live_in_params_yaml():
-    """The PPO dataclass's defaults are params.yaml's values (kl_coef was 0.05 in code and 0.2 in params.yaml), so
-    code that builds config.PPO() gets the defaults that were chosen and measured."""
-    assert config.load(REPO / "params.yaml").ppo == config.PPO()
-    assert set(yaml.safe_load((REPO / "params.yaml").read_text())["ppo"]) == {f.name for f in
-                                                                             dataclasses.fields(config.PPO)}
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
@@ -435,8 +424,8 @@ def test_adapter_loads_back_with_same_logits(smoke):
     from peft import PeftModel
 
     root, params, _, model = smoke
-    loaded = PeftModel.from_pretrained(
-        policy.load_sft_merged(root / "models/base", root / "models/sft", Model()), root / "ppo-smoke").eval()
+    sft_model = policy.load_sft_merged(root / "models/base", root / "models/sft", repo_section("model"))
+    loaded = PeftModel.from_pretrained(sft_model, root / "ppo-smoke").eval()
     ids = torch.tensor([[5, 17, 23, 42, 7, 99]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
@@ -445,7 +434,7 @@ def test_adapter_loads_back_with_same_logits(smoke):
 def test_reference_is_the_sft_model(smoke):
     """The adapter disabled gives the SFT model's log-probs; enabled, the trained policy's differ."""
     root, params, _, model = smoke
-    sft_model = policy.load_sft_merged(root / "models/base", root / "models/sft", Model()).eval()
+    sft_model = policy.load_sft_merged(root / "models/base", root / "models/sft", repo_section("model")).eval()
     ids, attention_mask = torch.tensor([[5, 17, 23, 42, 7, 99, 3]]), torch.ones(1, 7, dtype=torch.long)
     args = (ids, attention_mask, torch.tensor([2]), 4, 1.0)
     with torch.no_grad():
@@ -478,7 +467,7 @@ def test_align_stage_runs_ppo(tiny_trained, tmp_path):
     assert metrics["method"] == "ppo"
     assert metrics["oracle_gain"] == pytest.approx(metrics["oracle_policy"] - metrics["oracle_sft"], abs=1e-5)
     model = align.load_trained_policy(tmp_path / "models/base", tmp_path / "models/sft", tmp_path / "models/policy",
-                                      Model())
+                                      repo_section("model"))
     assert (tmp_path / "models/policy" / ppo.VALUE_HEAD_FILE).exists()
     ids = torch.tensor([[5, 17, 23, 42, 7]])
     with torch.no_grad():

@@ -1,14 +1,12 @@
 """Precision (model.dtype) on a CPU, what the stage metrics record about how the model was loaded, and the
 `lora.modules_to_save: auto` rule that keeps a real model from training a full copy of its output layer."""
-import dataclasses
 import json
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, evaluate_stages, reference_stage, run_stage, write_params
+from conftest import REPO, TINY, evaluate_stages, reference_stage, repo_params, repo_section, run_stage, write_params
 from rlhf import config, policy, train
-from rlhf.config import Lora, Model
 from rlhf.io import UserError
 
 FAST = {**TINY, "eval.num_prompts": 8, "align.oracle_eval_prompts": 4}
@@ -20,22 +18,23 @@ def test_cpu_precision_checks(monkeypatch):
     """On a CPU: k-bit and bf16 pass the hardware check (measured to run, see the slow tests); fp16 is refused with
     the measured reason and what to set instead; auto means fp32."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for ok in (Model(quantization="4bit"), Model(quantization="8bit"), Model(dtype="bfloat16")):
-        train.check_hardware(ok)
+    for ok in ({"quantization": "4bit"}, {"quantization": "8bit"}, {"dtype": "bfloat16"}):
+        train.check_hardware(repo_section("model", **ok))
     with pytest.raises(UserError, match="float16 does not run through the pipeline on a CPU.*bfloat16"):
-        train.check_hardware(Model(dtype="float16"))
-    assert train.torch_dtype(Model()) == torch.float32
-    assert train.precision_args(Model(dtype="bfloat16")) == {"bf16": True, "fp16": False, "use_cpu": True}
+        train.check_hardware(repo_section("model", dtype="float16"))
+    assert train.torch_dtype(repo_section("model")) == torch.float32
+    bf16 = repo_section("model", dtype="bfloat16")
+    assert train.precision_args(bf16) == {"bf16": True, "fp16": False, "use_cpu": True}
 
 
 def test_settings_record_what_auto_resolved_to(monkeypatch):
     """The settings every training stage writes into its metrics: the dtype `auto` became, not the word auto."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    params = config.Params()
+    params = repo_params()
     assert train.model_settings(params) == {"dtype": "float32", "quantization": "none",
                                             "modules_to_save": ["lm_head"], "activation_checkpointing": False}
-    params = dataclasses.replace(params, model=Model(name="/models/qwen", dtype="bfloat16", quantization="4bit"),
-                                 compute=config.Compute(activation_checkpointing=True))
+    params = repo_params({"model.name": "/models/qwen", "model.dtype": "bfloat16", "model.quantization": "4bit",
+                          "compute.activation_checkpointing": True})
     _, lora, chosen = train.resolve(params, params.sft, None)
     assert {k: chosen[k] for k in ("dtype", "quantization", "modules_to_save", "activation_checkpointing")} == \
         {"dtype": "bfloat16", "quantization": "4bit", "modules_to_save": None, "activation_checkpointing": True}
@@ -52,7 +51,7 @@ def test_settings_record_what_auto_resolved_to(monkeypatch):
 def test_modules_to_save_auto_follows_the_model(name, setting, expected):
     """`auto` trains a copy of lm_head for the tiny model only: on a 1.5B Qwen the copy would be 150k x 1536
     weights plus Adam state in every stage."""
-    params = config.Params(model=Model(name=name), lora=Lora(modules_to_save=setting))
+    params = repo_params({"model.name": name, "lora.modules_to_save": setting})
     _, lora, chosen = train.resolve(params, params.sft, None)
     assert lora.modules_to_save == expected and chosen["modules_to_save"] == expected
     assert train.lora_config(lora, "CAUSAL_LM").modules_to_save == expected

@@ -5,13 +5,13 @@ import json
 import pytest
 
 from rlhf import prepare, synthetic
-from rlhf.config import Prepare
 from rlhf.io import UserError, read_jsonl
-from conftest import messages, run_stage, write_params
+from conftest import messages, repo_section, run_stage, write_params
 
 
-def run(rows, tmp_path, cfg=Prepare(split_by="prompt"), seed=0, num_proc=1, batch_size=1000):
+def run(rows, tmp_path, cfg=None, seed=0, num_proc=1, batch_size=1000):
     """prepare.prepare on `rows` written as a fetch output: (train rows, validation rows, drop counts)."""
+    cfg = cfg or repo_section("prepare")
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     out = tmp_path / f"out-{seed}-{num_proc}-{batch_size}"
     out.mkdir(exist_ok=True)
@@ -32,7 +32,7 @@ def test_filters_count_every_drop_by_reason(tmp_path):
         messages(" ", "a", "b", "no-prompt"),
         messages("q5", "fine", "also fine", "keep2"),
     ]
-    cfg = Prepare(split_by="prompt", validation_size=1, max_prompt_chars=20, max_response_chars=20)
+    cfg = repo_section("prepare", validation_size=1, max_prompt_chars=20, max_response_chars=20)
     train, val, dropped = run(rows, tmp_path, cfg)
     kept = train + val
     assert sorted(r["id"] for r in kept) == ["keep", "keep2"]
@@ -44,7 +44,7 @@ def test_filters_count_every_drop_by_reason(tmp_path):
 
 def test_duplicates_kept_when_asked():
     rows = [messages("q", "a", "b", "1"), messages("q", "a", "b", "2")]
-    checked = prepare.checks([json.dumps(r).encode() for r in rows], Prepare(split_by="prompt"))
+    checked = prepare.checks([json.dumps(r).encode() for r in rows], repo_section("prepare"))
     kept, _, _, dropped = prepare.filter_rows(checked, drop_duplicates=False)
     assert list(kept) == [0, 1] and not any(dropped.values())
     kept, _, _, dropped = prepare.filter_rows(checked, drop_duplicates=True)
@@ -57,7 +57,7 @@ def rows_of_lengths(n):
 
 def test_split_is_deterministic_and_sized(tmp_path):
     rows = rows_of_lengths(100)
-    cfg = Prepare(split_by="prompt", validation_size=0.2)
+    cfg = repo_section("prepare", validation_size=0.2)
     train, val, _ = run(rows, tmp_path, cfg, seed=1)
     assert (train, val) == run(rows, tmp_path, cfg, seed=1)[:2]
     assert len(val) == 20 and len(train) == 80
@@ -65,7 +65,7 @@ def test_split_is_deterministic_and_sized(tmp_path):
     assert not {r["id"] for r in train} & {r["id"] for r in val}
     other_train = run(rows, tmp_path, cfg, seed=2)[0]
     assert [r["id"] for r in other_train] != [r["id"] for r in train]
-    assert len(run(rows, tmp_path, Prepare(split_by="prompt", validation_size=7), seed=1)[1]) == 7
+    assert len(run(rows, tmp_path, repo_section("prepare", validation_size=7), seed=1)[1]) == 7
 
 
 def test_same_output_for_any_workers_and_batch_size(tmp_path):
@@ -79,7 +79,7 @@ def test_same_output_for_any_workers_and_batch_size(tmp_path):
 
 
 def test_validation_sorted_longest_first_train_not_sorted(tmp_path):
-    train, val, _ = run(rows_of_lengths(200), tmp_path, Prepare(split_by="prompt", validation_size=0.25))
+    train, val, _ = run(rows_of_lengths(200), tmp_path, repo_section("prepare", validation_size=0.25))
     lengths = [prepare.length(r) for r in val]
     assert lengths == sorted(lengths, reverse=True)
     train_lengths = [prepare.length(r) for r in train]
@@ -112,8 +112,8 @@ def test_pairs_of_one_prompt_stay_on_one_side(tmp_path):
     for num_proc, batch_size in ((1, 1000), (2, 7)):
         out = tmp_path / f"out-{num_proc}"
         out.mkdir()
-        _, _, n_train, n_val, counts = prepare.prepare(tmp_path / "rows.jsonl", out, Prepare(
-            split_by="prompt", validation_size=0.1), 0, num_proc, batch_size)
+        cfg = repo_section("prepare", split_by="prompt", validation_size=0.1)
+        _, _, n_train, n_val, counts = prepare.prepare(tmp_path / "rows.jsonl", out, cfg, 0, num_proc, batch_size)
         train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
         assert not prompts_of(train) & prompts_of(val)
         assert counts == {"train_prompts": len(prompts_of(train)), "validation_prompts": len(prompts_of(val)),
@@ -123,7 +123,7 @@ def test_pairs_of_one_prompt_stay_on_one_side(tmp_path):
         assert len(val) == 20 and len(val) % 4 == 0  # 5 whole prompts: 10% of 200 rows
     assert (tmp_path / "out-1/train.jsonl").read_bytes() == (tmp_path / "out-2/train.jsonl").read_bytes()
     assert (tmp_path / "out-1/validation.jsonl").read_bytes() == (tmp_path / "out-2/validation.jsonl").read_bytes()
-    train, val, _ = run(rows, tmp_path, Prepare(split_by="row", validation_size=0.1))
+    train, val, _ = run(rows, tmp_path, repo_section("prepare", split_by="row", validation_size=0.1))
     assert prompts_of(train) & prompts_of(val)
 
 
@@ -139,11 +139,11 @@ def test_groups_fill_validation_to_at_least_the_size_asked():
 
 def test_split_by_subject_holds_out_whole_subjects(tmp_path):
     rows = [messages(r["prompt"], r["chosen"], r["rejected"], r["id"]) for r in synthetic.generate(300, seed=0)]
-    train, val, _ = run(rows, tmp_path, Prepare(split_by="subject", validation_size=0.2))
+    train, val, _ = run(rows, tmp_path, repo_section("prepare", split_by="subject", validation_size=0.2))
     subject = lambda r: synthetic.prompt_subject(r["prompt"][0]["content"])  # noqa: E731
     assert {subject(r) for r in val} and not {subject(r) for r in train} & {subject(r) for r in val}
     with pytest.raises(UserError, match="row 'q0-0' asks about none of the built-in task's subjects"):
-        run(four_pairs_per_prompt(5), tmp_path, Prepare(split_by="subject", validation_size=0.2))
+        run(four_pairs_per_prompt(5), tmp_path, repo_section("prepare", split_by="subject", validation_size=0.2))
 
 
 def test_default_params_hold_out_400_prompts_none_of_them_in_train(tmp_path):

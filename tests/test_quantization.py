@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, data_stages, evaluate_stages, reference_stage, run_stage, write_params
+from conftest import (TINY, data_stages, evaluate_stages, reference_stage, repo_params, repo_section, run_stage,
+                      write_params)
 from rlhf import align, config, policy, reward, sft, train
-from rlhf.config import Model
 from rlhf.io import UserError
 
 # bitsandbytes' CPU 4-bit kernels need layer input sizes that are multiples of 64 (train.check_cpu_4bit_shapes), so
@@ -72,16 +72,16 @@ def test_cpu_4bit_refuses_layer_widths_bitsandbytes_cannot_run(tiny_data):
     if not bnb.nn.Linear4bit(64, 64).support_avx512bf16_for_cpu:
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes takes another path, which has no such limit")
     with pytest.raises(UserError, match=r"multiple of 64.*q_proj \(32 inputs\).*model.quantization: 8bit or none"):
-        train.load_model(tiny_data / "models/base", Model(quantization="4bit"))
+        train.load_model(tiny_data / "models/base", repo_section("model", quantization="4bit"))
 
 
 def test_ppo_refuses_activation_checkpointing():
     """Our PPO loop runs the model in eval mode, where transformers never checkpoints: the param would be ignored."""
-    params = config.Params(method="ppo", compute=config.Compute(activation_checkpointing=True))
+    params = repo_params({"method": "ppo", "compute.activation_checkpointing": True})
     with pytest.raises(UserError, match="not supported by method ppo"):
         align.check_checkpointing(params)
     align.check_checkpointing(dataclasses.replace(params, method="grpo"))
-    align.check_checkpointing(dataclasses.replace(params, compute=config.Compute()))
+    align.check_checkpointing(repo_params({"method": "ppo"}))
 
 
 # -- slow tier: the whole pipeline on k-bit weights -----------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_kbit_pipeline_sft_reward_dpo_evaluate(wide_data, tmp_path, quantization
 
     unmerged = PeftModel.from_pretrained(train.load_model(base_dir, cfg), sft_dir).eval()
     quantization_error = (logits(train.load_model(base_dir, cfg).eval(), ids)
-                          - logits(train.load_model(base_dir, Model()).eval(), ids)).abs().max().item()
+                          - logits(train.load_model(base_dir, repo_section("model")).eval(), ids)).abs().max().item()
     merge_error = (reference - logits(unmerged, ids)).abs().max().item()
     sft_shift = (logits(unmerged, ids) - logits(train.load_model(base_dir, cfg).eval(), ids)).abs().max().item()
     print(f"{quantization}: merge error {merge_error:.4g}, base quantization error {quantization_error:.4g}, "

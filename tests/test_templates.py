@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rlhf import base, generation, reward, synthetic, tokenize
-from rlhf.config import Model
 from rlhf.io import UserError
+from conftest import repo_section
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 LLAMA3_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
@@ -95,7 +95,7 @@ def family(request, tmp_path_factory):
     spec = FAMILIES[request.param]
     root = tmp_path_factory.mktemp(request.param)
     folder = family_folder(spec, root / "model")
-    base.resolve_pretrained(Model(name=str(folder)), root / "base")
+    base.resolve_pretrained(repo_section("model", name=str(folder)), root / "base")
     return spec, base.load_tokenizer(root / "base"), folder
 
 
@@ -256,14 +256,13 @@ def test_system_message_refused_by_the_template(name, tmp_path):
 
 def test_system_message_param_in_tokenize_split():
     """The tokenize stage passes tokenize.system_message through to every row."""
-    from rlhf.config import Tokenize
-
     tok = family_tokenizer(FAMILIES["gemma"])
     rows = [{"id": "a", "prompt": [{"role": "system", "content": "Be kind."}, user("How was it?")],
              "chosen": [assistant("great.")], "rejected": [assistant("awful.")]}]
+    limits = {"max_prompt_length": 64, "max_completion_length": 64, "overlong": "truncate"}
     with pytest.raises(UserError, match="row 'a'"):
-        tokenize.tokenize_split(rows, tok, Tokenize(64, 64, "truncate", "keep"))
-    out, _ = tokenize.tokenize_split(rows, tok, Tokenize(64, 64, "truncate", "fold_into_user"))
+        tokenize.tokenize_split(rows, tok, repo_section("tokenize", **limits, system_message="keep"))
+    out, _ = tokenize.tokenize_split(rows, tok, repo_section("tokenize", **limits, system_message="fold_into_user"))
     assert "Be kind." in tok.decode(out[0]["prompt_ids"])
 
 
@@ -302,7 +301,7 @@ def test_template_without_an_end_of_turn_token_is_refused(tmp_path):
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}")
     with pytest.raises(UserError, match=r"ends an assistant answer with '\\n\\n', which holds no special token"):
-        base.resolve_pretrained(Model(name=str(folder)), tmp_path / "base")
+        base.resolve_pretrained(repo_section("model", name=str(folder)), tmp_path / "base")
 
 
 def test_fallback_template_ends_turns_with_the_tokenizers_eos(tmp_path):
@@ -313,7 +312,7 @@ def test_fallback_template_ends_turns_with_the_tokenizers_eos(tmp_path):
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "chat_template.jinja").unlink(missing_ok=True)
-    base.resolve_pretrained(Model(name=str(folder)), tmp_path / "base")
+    base.resolve_pretrained(repo_section("model", name=str(folder)), tmp_path / "base")
     tok = base.load_tokenizer(tmp_path / "base")
     assert tok.chat_template == base.FALLBACK_CHAT_TEMPLATE
     assert base.end_of_turn(tok) == (tok.eos_token_id, tok("\n", add_special_tokens=False)["input_ids"])

@@ -5,9 +5,8 @@ from collections import Counter
 import pytest
 
 from rlhf import base, synthetic, tokenize
-from rlhf.config import Tokenize
 from rlhf.io import UserError
-from conftest import messages
+from conftest import messages, repo_section
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def test_encode_splits_prompt_and_completion_exactly(tokenizer):
 def test_truncation_keeps_prompt_end_and_completion_start():
     ex = {"id": "x", "prompt_ids": list(range(10)), "chosen_ids": [20, 21, 22, 23], "rejected_ids": [30, 31]}
     counts = Counter()
-    out = tokenize.fit(ex, Tokenize(max_prompt_length=3, max_completion_length=3), counts)
+    out = tokenize.fit(ex, repo_section("tokenize", max_prompt_length=3, max_completion_length=3), counts)
     assert out["prompt_ids"] == [7, 8, 9]
     assert out["chosen_ids"] == [20, 21, 22]
     assert out["rejected_ids"] == [30, 31]
@@ -40,14 +39,17 @@ def test_truncation_keeps_prompt_end_and_completion_start():
 def test_drop_mode_counts_the_reason():
     ex = {"id": "x", "prompt_ids": [1, 2], "chosen_ids": [3] * 9, "rejected_ids": [4]}
     counts = Counter()
-    assert tokenize.fit(ex, Tokenize(max_prompt_length=5, max_completion_length=4, overlong="drop"), counts) is None
+    cfg = repo_section("tokenize", max_prompt_length=5, max_completion_length=4, overlong="drop")
+    assert tokenize.fit(ex, cfg, counts) is None
     assert counts == {"dropped_overlong_chosen": 1}
-    assert tokenize.fit(ex, Tokenize(max_prompt_length=5, max_completion_length=9, overlong="drop"), counts) is ex
+    cfg = repo_section("tokenize", max_prompt_length=5, max_completion_length=9, overlong="drop")
+    assert tokenize.fit(ex, cfg, counts) is ex
 
 
 def test_tokenize_split_accounts_for_every_row(tokenizer):
     rows = [messages("How was the pizza?", "the pizza was great " * k, "bad.", f"r{k}") for k in range(1, 6)]
-    out, counts = tokenize.tokenize_split(rows, tokenizer, Tokenize(32, 12, "drop"))
+    cfg = repo_section("tokenize", max_prompt_length=32, max_completion_length=12, overlong="drop")
+    out, counts = tokenize.tokenize_split(rows, tokenizer, cfg)
     assert len(out) + sum(v for k, v in counts.items() if k.startswith("dropped")) == len(rows)
     assert counts["dropped_overlong_chosen"] >= 1
     assert all(len(e["chosen_ids"]) <= 12 and len(e["prompt_ids"]) <= 32 for e in out)
@@ -91,7 +93,7 @@ def test_streamed_split_equals_the_in_memory_one_for_any_workers(tokenizer, tmp_
 
     rows = [messages(f"How was the pizza {i}?", "great " * (i % 9), "bad " * (i % 4 + 1), f"r{i}") for i in range(90)]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = Tokenize(max_prompt_length=40, max_completion_length=9, overlong="drop")
+    cfg = repo_section("tokenize", max_prompt_length=40, max_completion_length=9, overlong="drop")
     expected = as_saved_before(rows, tokenizer, cfg, longest_first, tmp_path / "before")
     lengths = [tokenize.total_length(e) for e in expected]
     outputs = []

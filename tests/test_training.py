@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf import base, config, reward, scoring, sft, tokenize, train
-from rlhf.config import Model
+from conftest import repo_params, repo_section
 from rlhf.io import UserError
 
 
@@ -22,7 +22,7 @@ def test_preset_from_memory(preset, memory_gb, expected):
 
 
 def test_preset_fills_nulls_and_explicit_values_win():
-    params = config.Params()
+    params = repo_params()
     section, lora, chosen = train.resolve(params, params.sft, memory_gb=6.0)
     assert (lora.r, lora.lora_alpha) == (16, 32)
     assert (section.per_device_train_batch_size, section.gradient_accumulation_steps, section.max_length) == (1, 8, 1024)
@@ -44,8 +44,8 @@ def test_precision_checks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     monkeypatch.setattr(base, "weights_location", lambda *_: pytest.fail("loaded weights before checking hardware"))
     with pytest.raises(UserError, match="does not support bf16. Set model.dtype: float16"):
-        train.load_model("unused", Model(dtype="bfloat16"))
-    assert train.torch_dtype(Model()) == torch.float16
+        train.load_model("unused", repo_section("model", dtype="bfloat16"))
+    assert train.torch_dtype(repo_section("model")) == torch.float16
 
 
 def test_max_length_too_small_for_the_data(tiny_data):
@@ -66,7 +66,7 @@ def test_completion_only_loss_on_a_hand_made_example(tiny_data):
                                "rejected": [{"role": "assistant", "content": "it was awful."}]}, tokenizer, "keep")
     short = {**example, "chosen_ids": example["chosen_ids"][:3]}
     data = Dataset.from_list([tokenize.sft_columns(example), tokenize.sft_columns(short)])
-    model = train.load_model(tiny_data / "models/base", Model())
+    model = train.load_model(tiny_data / "models/base", repo_section("model"))
     args = SFTConfig(output_dir=str(tiny_data / "scratch"), per_device_train_batch_size=2, report_to=[],
                      completion_only_loss=True, bf16=False, use_cpu=True, shuffle_dataset=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
@@ -153,7 +153,7 @@ def test_reward_score_matches_a_direct_forward_pass(tiny_trained):
     from datasets import load_from_disk
 
     model, stats = reward.load_reward_model(tiny_trained / "models/base", tiny_trained / "models/sft",
-                                            tiny_trained / "models/reward", Model())
+                                            tiny_trained / "models/reward", repo_section("model"))
     tokenizer = base.load_tokenizer(tiny_trained / "models/base")
     validation = load_from_disk(str(tiny_trained / "data/tokenized"), keep_in_memory=True)["validation"]
     rows = [tokenize.reward_columns(validation[i]) for i in range(3)]
@@ -197,7 +197,7 @@ def test_dvclive_failure_never_stops_training(tmp_path, monkeypatch):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     monkeypatch.chdir(tmp_path)
     assert train.open_live(tmp_path / "live") is None
-    report_to, callbacks = train.trackers(config.Tracking(), tmp_path / "live")
+    report_to, callbacks = train.trackers(repo_section("tracking"), tmp_path / "live")
     assert (report_to, callbacks) == ([], [])
 
 
