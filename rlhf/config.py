@@ -65,6 +65,7 @@ class Data:
 
 @dataclass
 class Prepare:
+    split_by: Literal["prompt", "subject", "row"]
     validation_size: float | int = field(metadata=_range(0.0, low_open=True))
     max_prompt_chars: int = field(metadata=_range(1))
     max_response_chars: int = field(metadata=_range(1))

@@ -4,7 +4,10 @@ Modelled on the controlled-sentiment experiment of the DPO paper (Rafailov et al
 reward is a known function, preferences are made by scoring two sampled responses with it, and so a run can measure
 whether alignment really raised the true reward rather than only the learned reward model's estimate.
 
-A prompt asks for a review of one subject ("Write a review of the pizza."). A response is a few short clauses
+A prompt asks for a review of one subject, often with a detail that names no subject ("Write a review of the pizza
+your sister told you about last week."). The prompt space (subjects x templates x details, about 17,000 prompts)
+is large enough that a validation split of a few hundred prompts none of which train asks is possible, while some
+prompts still come with several pairs, as in real preference data. A response is a few short clauses
 ("the pizza was great and the service was a bit bland."). The oracle reward of a response is
 
     sentiment + topic,  sentiment = (#positive - #negative) / max(1, #positive + #negative)  in [-1, 1]
@@ -27,6 +30,12 @@ ADVERBS = ("", "", "really ", "quite ", "very ", "a bit ", "truly ", "rather ")
 JOINERS = (" and ", " but ", ", ", " and also ")
 PROMPTS = ("Write a review of the {}.", "What did you think of the {}?", "Tell me about the {}.",
            "Give me your opinion of the {}.", "How was the {}?")
+# Details: who the subject came from and when. No word of theirs is a subject, so the prompt's subject stays the one
+# `prompt_subject` finds (tested).
+PEOPLE = ("friend", "sister", "brother", "neighbour", "colleague", "teacher", "cousin", "uncle", "aunt", "boss",
+          "roommate", "grandmother")
+VIA = ("that your {} recommended", "you tried with your {}", "your {} told you about")
+WHEN = ("", " last week", " yesterday", " last month", " this morning", " over the holidays")
 
 _WORD = re.compile(r"[a-z]+")
 _POSITIVE, _NEGATIVE, _SUBJECTS = set(POSITIVE), set(NEGATIVE), set(SUBJECTS)
@@ -69,6 +78,13 @@ def sample_response(rng: random.Random, subject: str) -> str:
     return text + "."
 
 
+def sample_prompt(rng: random.Random, subject: str) -> str:
+    """A prompt about `subject`: a template, with a detail nine times in ten. The other tenth falls on the 80 bare
+    prompts, which therefore come with several pairs each, as prompts of real preference data do."""
+    detail = rng.choice(VIA).format(rng.choice(PEOPLE)) + rng.choice(WHEN) if rng.random() < 0.9 else ""
+    return rng.choice(PROMPTS).format(f"{subject} {detail}".strip())
+
+
 def generate(num_pairs: int, seed: int, label_noise: float = 0.0) -> list[dict]:
     """`num_pairs` preference rows {id, prompt, chosen, rejected} (strings), reproducible from `seed`.
 
@@ -79,7 +95,7 @@ def generate(num_pairs: int, seed: int, label_noise: float = 0.0) -> list[dict]:
     rows = []
     while len(rows) < num_pairs:
         subject = rng.choice(SUBJECTS)
-        prompt = rng.choice(PROMPTS).format(subject)
+        prompt = sample_prompt(rng, subject)
         a, b = sample_response(rng, subject), sample_response(rng, subject)
         ra, rb = oracle_reward(prompt, a), oracle_reward(prompt, b)
         if ra == rb:

@@ -52,3 +52,14 @@ def test_task_leaves_headroom_for_alignment():
     chosen = sum(oracle_reward(r["prompt"], r["chosen"]) for r in rows) / len(rows)
     rejected = sum(oracle_reward(r["prompt"], r["rejected"]) for r in rows) / len(rows)
     assert rejected < 0.0 < chosen < 1.0
+
+
+def test_every_prompt_asks_about_its_own_subject():
+    """The details never name a subject, so `prompt_subject` (the oracle's topic term) finds the subject the prompt
+    was made for, in every composition of template, detail and time."""
+    details = [""] + [via.format(who) + when for via in synthetic.VIA for who in synthetic.PEOPLE
+                      for when in synthetic.WHEN]
+    assert not {w for d in details for w in d.split()} & set(synthetic.SUBJECTS)
+    prompts = {t.format(f"{s} {d}".strip()): s for s in synthetic.SUBJECTS for t in synthetic.PROMPTS for d in details}
+    assert len(prompts) > 17_000
+    assert all(synthetic.prompt_subject(p) == s for p, s in prompts.items())
