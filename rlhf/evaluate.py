@@ -155,8 +155,8 @@ def gate_failures(metrics: dict, gate) -> list[str]:
 
     Relative changes against SFT: length_change = length_policy / length_sft - 1 (either way),
     perplexity_rise = chosen_perplexity_policy / chosen_perplexity_sft - 1. The degeneration checks (repetition, empty
-    and cut-off answers) are on the policy's own values, not relative: SFT's answers are expected to pass them. A null threshold, or a metric this run
-    has not got (no oracle outside the built-in tasks), skips its check."""
+    and cut-off answers) are on the policy's own values, not relative: SFT's answers are expected to pass them. A null
+    threshold, or a metric this run has not got (no oracle outside the built-in tasks), skips its check."""
     derived = {"length_change": metrics["length_policy"] / metrics["length_sft"] - 1,
                "perplexity_rise": metrics["chosen_perplexity_policy"] / metrics["chosen_perplexity_sft"] - 1}
     checks = [("rm_win_rate", ">=", "min_rm_win_rate"), ("oracle_win_rate", ">=", "min_oracle_win_rate"),
