@@ -273,6 +273,9 @@ class Gate:
     max_kl: float | None = field(metadata=_range(0.0))
     max_length_change: float | None = field(metadata=_range(0.0))
     max_perplexity_rise: float | None = field(metadata=_range(0.0))
+    max_repetition: float | None = field(metadata=_range(0.0, 1.0))
+    max_empty_share: float | None = field(metadata=_range(0.0, 1.0))
+    max_cutoff_share: float | None = field(metadata=_range(0.0, 1.0))
 
 
 @dataclass

@@ -8,15 +8,19 @@ no experiment changes, from the sft_answers stage; see rlhf/sft_answers.py):
   rejected (for DPO-family methods, their own reward; for the others, the same yardstick);
 - KL(policy || SFT) estimated on the policy's own samples, and mean answer lengths, so that drift and length hacking
   show;
-- loss and perplexity of the chosen validation answers under both models.
+- loss and perplexity of the chosen validation answers under both models;
+- 95% intervals and length-controlled win rates, and degeneration measures: repeated n-grams, distinct-n, empty and
+  cut-off answers, the SFT model's perplexity of the answers (rlhf/stats.py).
 """
 import statistics
 from pathlib import Path
 
 import torch
 
-from rlhf import generation, models, scoring, sft_answers
+from rlhf import generation, models, scoring, sft_answers, stats
 from rlhf.io import write_json, write_jsonl
+
+BOOTSTRAP_RESAMPLES = 1000  # percentile endpoints of 1000 resamples move by about 0.005 between seeds
 
 
 def win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -98,6 +102,12 @@ def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], d
         metrics[f"chosen_loss_{name}"] = -total.sum().item() / count.sum().item()
         metrics[f"chosen_perplexity_{name}"] = float(torch.exp(torch.tensor(metrics[f"chosen_loss_{name}"])))
 
+    # -- the numbers' noise (intervals, length-controlled win rates) and degeneration (rlhf/stats.py); the SFT
+    # side's fluency needs the SFT model's log-probs of its own answers, which sft_answers does not save yet
+    lengths = {name: torch.tensor([len(a) for a in ans]) for name, ans in answers.items()}
+    metrics |= interval_metrics({"rm": rm_scores, **({"oracle": oracle} if oracle else {})}, lengths, params.seed)
+    metrics |= degeneration_metrics(answers, {"policy": (logp["sft"], lengths["policy"])}, cfg.max_new_tokens,
+                                    generation.stop_ids(tokenizer))
     metrics = {k: round(v, 6) for k, v in metrics.items()}
     failed = gate_failures(metrics, cfg.gate)
     metrics |= {"gate_passed": not failed, "gate_failed": "; ".join(failed)}  # `dvc metrics show` drops lists
@@ -109,17 +119,57 @@ def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], d
     return metrics, samples, plots
 
 
+def interval_metrics(judged: dict[str, dict[str, torch.Tensor]], lengths: dict[str, torch.Tensor], seed: int) -> dict:
+    """95% intervals and length-controlled win rates of the policy against SFT, per judge.
+
+    `judged`: {judge ("rm", "oracle"): {"policy": (N,) scores, "sft": (N,) scores}} of the same N prompts; `lengths`:
+    {"policy": (N,), "sft": (N,)} answer lengths in tokens. Keys per judge: <judge>_win_rate_ci_low/high (Wilson),
+    <judge>_mean_diff and its _ci_low/high (paired bootstrap), <judge>_win_rate_lc and its _ci_low/high (bootstrap);
+    see rlhf/stats.py for why each. Scalars only: `dvc metrics show` drops lists."""
+    out = {}
+    for judge, s in judged.items():
+        policy_scores, sft_scores = s["policy"], s["sft"]
+        wins = int((policy_scores > sft_scores).sum())
+        low, high = stats.wilson_interval(wins, len(policy_scores))
+        out |= {f"{judge}_win_rate_ci_low": low, f"{judge}_win_rate_ci_high": high}
+        out[f"{judge}_mean_diff"] = (policy_scores - sft_scores).double().mean().item()
+        low, high = stats.mean_difference_interval(policy_scores, sft_scores, BOOTSTRAP_RESAMPLES, seed)
+        out |= {f"{judge}_mean_diff_ci_low": low, f"{judge}_mean_diff_ci_high": high}
+        lc, low, high = stats.lc_win_rate(policy_scores, sft_scores, lengths["policy"], lengths["sft"],
+                                          BOOTSTRAP_RESAMPLES, seed)
+        out |= {f"{judge}_win_rate_lc": lc, f"{judge}_win_rate_lc_ci_low": low, f"{judge}_win_rate_lc_ci_high": high}
+    return out
+
+
+def degeneration_metrics(answers: dict[str, list[list[int]]], sft_logps: dict[str, tuple], max_new_tokens: int,
+                         stops: list[int]) -> dict:
+    """Per model (the keys of `answers`, token ids per prompt): repetition_<name> (4-gram, within answers),
+    distinct1_<name>, distinct2_<name> (over all answers), empty_share_<name>, cutoff_share_<name>, and, for the
+    models in `sft_logps` ({name: ((N,) summed log-probs, (N,) token counts) of that model's own answers under the
+    SFT model}), fluency_perplexity_<name>."""
+    out = {}
+    for name, ans in answers.items():
+        out |= {f"repetition_{name}": stats.repetition(ans), f"distinct1_{name}": stats.distinct_n(ans, 1),
+                f"distinct2_{name}": stats.distinct_n(ans, 2), f"empty_share_{name}": stats.empty_share(ans, stops),
+                f"cutoff_share_{name}": stats.cutoff_share(ans, max_new_tokens, stops)}
+        if name in sft_logps:
+            out[f"fluency_perplexity_{name}"] = stats.perplexity(*sft_logps[name])
+    return out
+
+
 def gate_failures(metrics: dict, gate) -> list[str]:
     """The checks of `eval.gate` that the policy fails, each naming its value and threshold; [] when it passes.
 
     Relative changes against SFT: length_change = length_policy / length_sft - 1 (either way),
-    perplexity_rise = chosen_perplexity_policy / chosen_perplexity_sft - 1. A null threshold, or a metric this run
-    has not got (no oracle outside the built-in tasks), skips its check."""
+    perplexity_rise = chosen_perplexity_policy / chosen_perplexity_sft - 1. The degeneration checks (repetition, empty
+    and cut-off answers) are on the policy's own values, not relative: SFT's answers are expected to pass them. A null
+    threshold, or a metric this run has not got (no oracle outside the built-in tasks), skips its check."""
     derived = {"length_change": metrics["length_policy"] / metrics["length_sft"] - 1,
                "perplexity_rise": metrics["chosen_perplexity_policy"] / metrics["chosen_perplexity_sft"] - 1}
     checks = [("rm_win_rate", ">=", "min_rm_win_rate"), ("oracle_win_rate", ">=", "min_oracle_win_rate"),
               ("kl_policy_sft", "<=", "max_kl"), ("length_change", "within +-", "max_length_change"),
-              ("perplexity_rise", "<=", "max_perplexity_rise")]
+              ("perplexity_rise", "<=", "max_perplexity_rise"), ("repetition_policy", "<=", "max_repetition"),
+              ("empty_share_policy", "<=", "max_empty_share"), ("cutoff_share_policy", "<=", "max_cutoff_share")]
     failed = []
     for name, rule, key in checks:
         value, threshold = derived.get(name, metrics.get(name)), getattr(gate, key)

@@ -64,6 +64,10 @@ def test_evaluate_stage(evaluated):
     assert isinstance(metrics["gate_passed"], bool) and isinstance(metrics["gate_failed"], str)
     assert metrics["gate_passed"] == (metrics["gate_failed"] == "")
     assert metrics["chosen_perplexity_sft"] == pytest.approx(math.exp(metrics["chosen_loss_sft"]), rel=1e-5)
+    assert metrics["oracle_win_rate_ci_low"] <= metrics["oracle_win_rate"] <= metrics["oracle_win_rate_ci_high"]
+    assert metrics["rm_win_rate_lc_ci_low"] <= metrics["rm_win_rate_lc"] <= metrics["rm_win_rate_lc_ci_high"]
+    assert {"repetition_sft", "distinct2_policy", "empty_share_policy", "cutoff_share_sft",
+            "fluency_perplexity_policy"} <= set(metrics)
     assert metrics["kl_policy_sft"] > -0.5  # an estimate of a non-negative quantity; noisy on 12 samples
     samples = [json.loads(line) for line in (work / "metrics/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and {"prompt", "sft_answer", "policy_answer", "policy_oracle"} <= set(samples[0])

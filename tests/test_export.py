@@ -12,8 +12,11 @@ from conftest import evaluate_stages, repo_section, run_stage, write_params, TIN
 from test_align import run_align
 
 GOOD = {"rm_win_rate": 0.7, "oracle_win_rate": 0.6, "kl_policy_sft": 1.5, "length_sft": 10.0, "length_policy": 12.0,
-        "chosen_perplexity_sft": 3.0, "chosen_perplexity_policy": 3.3}
-GATE = Gate(min_rm_win_rate=0.5, min_oracle_win_rate=0.4, max_kl=4.0, max_length_change=0.4, max_perplexity_rise=0.5)
+        "chosen_perplexity_sft": 3.0, "chosen_perplexity_policy": 3.3, "repetition_policy": 0.05,
+        "empty_share_policy": 0.0, "cutoff_share_policy": 0.02}
+DEGENERATION = {"max_repetition": 0.2, "max_empty_share": 0.05, "max_cutoff_share": 0.1}
+GATE = Gate(min_rm_win_rate=0.5, min_oracle_win_rate=0.4, max_kl=4.0, max_length_change=0.4, max_perplexity_rise=0.5,
+            **DEGENERATION)
 
 
 def test_gate_passes_a_policy_within_every_threshold():
@@ -27,6 +30,9 @@ def test_gate_passes_a_policy_within_every_threshold():
     ("length_policy", 5.0, "length_change = -0.5 (must be within +-0.4, eval.gate.max_length_change)"),  # 5/10 - 1
     ("length_policy", 15.0, "length_change = 0.5 (must be within +-0.4, eval.gate.max_length_change)"),
     ("chosen_perplexity_policy", 6.0, "perplexity_rise = 1 (must be <= 0.5, eval.gate.max_perplexity_rise)"),  # 6/3-1
+    ("repetition_policy", 0.9, "repetition_policy = 0.9 (must be <= 0.2, eval.gate.max_repetition)"),
+    ("empty_share_policy", 0.1, "empty_share_policy = 0.1 (must be <= 0.05, eval.gate.max_empty_share)"),
+    ("cutoff_share_policy", 0.25, "cutoff_share_policy = 0.25 (must be <= 0.1, eval.gate.max_cutoff_share)"),
 ])
 def test_gate_names_each_failed_check_with_value_and_threshold(key, value, check):
     assert evaluate.gate_failures({**GOOD, key: value}, GATE) == [check]
@@ -35,7 +41,7 @@ def test_gate_names_each_failed_check_with_value_and_threshold(key, value, check
 def test_gate_check_off_when_null_or_without_an_oracle():
     bad = {**GOOD, "kl_policy_sft": 50.0}
     assert evaluate.gate_failures(bad, Gate(max_kl=None, min_rm_win_rate=0.5, min_oracle_win_rate=0.4,
-                                            max_length_change=0.4, max_perplexity_rise=0.5)) == []
+                                            max_length_change=0.4, max_perplexity_rise=0.5, **DEGENERATION)) == []
     no_oracle = {k: v for k, v in GOOD.items() if k != "oracle_win_rate"}
     assert evaluate.gate_failures(no_oracle, GATE) == []  # a hub dataset has no oracle to check
 
