@@ -150,8 +150,8 @@ def test_default_params_hold_out_400_prompts_none_of_them_in_train(tmp_path):
     """fetch and prepare on the repository's params.yaml: the validation split shares no prompt with train (as
     metrics/data.json says) and holds at least 400 distinct prompts, enough for a win rate within +-0.05."""
     write_params(tmp_path / "params.yaml", {})
-    run_stage(tmp_path, "fetch", "--out", "data/fetched")
-    run_stage(tmp_path, "prepare", "--fetched", "data/fetched", "--out", "data/prepared", "--metrics", "data.json")
+    run_stage(tmp_path, "fetch")
+    run_stage(tmp_path, "prepare", "--data-metrics", "data.json")
     train, val = (read_jsonl(tmp_path / f"data/prepared/{split}.jsonl") for split in ("train", "validation"))
     metrics = json.loads((tmp_path / "data.json").read_text())
     assert not prompts_of(train) & prompts_of(val) and metrics["validation_prompts_in_train"] == 0
