@@ -32,7 +32,7 @@ def git() -> dict:
     def out(*cmd):
         return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout
 
-    changed = out("status", "--porcelain", "--", "rlhf", "stages", "params.yaml", "dvc.yaml").splitlines()
+    changed = out("status", "--porcelain", "--", "rlhf", "stages", "params.yaml", "paths.yaml", "dvc.yaml").splitlines()
     return {"commit": out("rev-parse", "HEAD").strip(), "working_tree_changes": [line[3:] for line in changed]}
 
 

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
+SLOW = Path(__file__).resolve().parent / "slow"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -118,3 +119,10 @@ def tiny_trained(tiny_data):
 def params_file(tmp_path):
     """Write a params.yaml from the repo's, with `overrides` applied as dotted keys; returns its path."""
     return lambda overrides=None: write_params(tmp_path / "params.yaml", overrides or {})
+
+
+def pytest_collection_modifyitems(items):
+    """The one rule for the slow tier: every test under tests/slow/ is marked slow, and no other test is."""
+    for item in items:
+        if SLOW in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.slow)

@@ -7,8 +7,8 @@ import torch
 
 from rlhf import config, evaluate, sft_answers, tokenize
 from rlhf.io import UserError
-from conftest import evaluate_stages
-from test_align import run_align
+from tests.conftest import evaluate_stages
+from tests.stages.test_align import run_align
 from rlhf.paths import layout
 
 

@@ -3,7 +3,7 @@ import struct
 
 import yaml
 
-from conftest import REPO
+from tests.conftest import REPO
 from rlhf import plots
 from rlhf.paths import interpolate
 

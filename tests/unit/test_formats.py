@@ -7,7 +7,7 @@ import pytest
 
 from rlhf.formats import FORMATS, RowError, detect_format, normalize_row
 
-HH_FILE = Path(__file__).parents[1].parent / "shared/data/hh-rlhf-harmless-base-test.jsonl.gz"
+HH_FILE = Path(__file__).parents[2].parent / "shared/data/hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 def user(text):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf import base, config, models, reward, scoring, sft, tokenize, train
-from conftest import repo_params, repo_section
+from tests.conftest import repo_params, repo_section
 from rlhf.io import UserError
 from rlhf.paths import layout
 

@@ -7,7 +7,7 @@ import torch
 from rlhf import align, models
 from rlhf.config import METHODS
 from rlhf.io import UserError
-from conftest import repo_section, run_stage, write_params, TINY
+from tests.conftest import repo_section, run_stage, write_params, TINY
 
 
 def run_align(tiny_trained, tmp_path, method, **overrides):

@@ -7,7 +7,7 @@ import yaml
 
 from rlhf import config
 from rlhf.config import ConfigError
-from conftest import REPO
+from tests.conftest import REPO
 
 
 def test_repo_params_load_and_cover_every_field():

@@ -8,7 +8,7 @@ import pytest
 
 from rlhf import fetch
 from rlhf.fetch import DataError
-from conftest import repo_section
+from tests.conftest import repo_section
 
 ROWS = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
 CSV = "prompt,chosen,rejected\r\n" + "".join(f"q{i},good {i},bad {i}\r\n" for i in range(6))

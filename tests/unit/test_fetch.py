@@ -7,7 +7,7 @@ import pytest
 
 from rlhf import fetch
 from rlhf.fetch import DataError
-from conftest import SHARED_DATA, repo_params, repo_section
+from tests.conftest import SHARED_DATA, repo_params, repo_section
 
 ROWS = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)]
 

@@ -8,8 +8,8 @@ import torch
 from rlhf import evaluate, export, models
 from rlhf.config import Gate
 from rlhf.io import UserError
-from conftest import evaluate_stages, repo_section, run_stage, write_params, TINY
-from test_align import run_align
+from tests.conftest import evaluate_stages, repo_section, run_stage, write_params, TINY
+from tests.stages.test_align import run_align
 
 GOOD = {"rm_win_rate": 0.7, "oracle_win_rate": 0.6, "kl_policy_sft": 1.5, "length_sft": 10.0, "length_policy": 12.0,
         "chosen_perplexity_sft": 3.0, "chosen_perplexity_policy": 3.3, "repetition_policy": 0.05,

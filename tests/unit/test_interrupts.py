@@ -8,7 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import REPO
+from tests.conftest import REPO
 
 from rlhf.io import atomic_dir
 

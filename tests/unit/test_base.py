@@ -6,7 +6,7 @@ import torch
 
 from rlhf import base, models, synthetic
 from rlhf.io import UserError
-from conftest import messages, repo_params, repo_section
+from tests.conftest import messages, repo_params, repo_section
 
 SMALL = {"model.tiny.vocab_size": 300, "model.tiny.hidden_size": 32, "model.tiny.intermediate_size": 64}
 

@@ -6,7 +6,7 @@ import pytest
 
 from rlhf import prepare, synthetic
 from rlhf.io import UserError, read_jsonl
-from conftest import messages, repo_section, run_stage, write_params
+from tests.conftest import messages, repo_section, run_stage, write_params
 
 
 def run(rows, tmp_path, cfg=None, seed=0, num_proc=1, batch_size=1000):
@@ -175,7 +175,7 @@ def test_every_row_dropped_names_the_counts_and_still_writes_the_metrics(tmp_pat
     import runpy
     import sys
 
-    from conftest import REPO, write_params
+    from tests.conftest import REPO, write_params
 
     fetched = tmp_path / "fetched"
     fetched.mkdir()

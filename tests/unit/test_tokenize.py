@@ -6,7 +6,7 @@ import pytest
 
 from rlhf import base, synthetic, tokenize
 from rlhf.io import UserError
-from conftest import messages, repo_section
+from tests.conftest import messages, repo_section
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhf import models
 
-from conftest import TINY, evaluate_stages, reference_stage, repo_section, run_stage, write_params
-from test_align import run_align
+from tests.conftest import TINY, evaluate_stages, reference_stage, repo_section, run_stage, write_params
+from tests.stages.test_align import run_align
 
 
 @contextlib.contextmanager

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, write_params
+from tests.conftest import TINY, write_params
 from rlhf import plots
-from test_pipeline import COPY, REPO, ran, sh
+from tests.slow.test_pipeline import COPY, REPO, ran, sh
 
-pytestmark = pytest.mark.slow  # `make test-slow`; CI runs it
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import write_params
+from tests.conftest import write_params
 from rlhf import config
 from rlhf.io import UserError
 

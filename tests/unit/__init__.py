@@ -1,0 +1,1 @@
+"""Unit tests: one module's functions, on hand-computed values and small fixtures."""
