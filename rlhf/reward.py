@@ -70,7 +70,7 @@ def train_reward(params: Params, paths, out):
     wall = train.train(trainer, len(train_rows), resume)
     model = trainer.model.eval()
     stats = pair_stats(*score_pairs(model, validation, tokenizer.pad_token_id, section.per_device_train_batch_size))
-    trainer.save_model(out)
+    train.save_adapter(trainer, out)
     if launch.is_main_process():
         write_json(Path(out) / STATS_FILE, stats)
     metrics = {"train_loss": train.last_logged(trainer.state.log_history, "loss"), **stats,

@@ -42,7 +42,7 @@ def train_sft(params: Params, paths, out):
     nll, count = scoring.completion_logprobs(model, validation["prompt_ids"], validation["chosen_ids"],
                                              tokenizer.pad_token_id, section.per_device_train_batch_size)
     eval_loss = -nll.sum().item() / count.sum().item()
-    trainer.save_model(out)
+    train.save_adapter(trainer, out)
     metrics = {
         "train_loss": train.last_logged(trainer.state.log_history, "loss"),
         "eval_loss": round(eval_loss, 6),

@@ -75,6 +75,26 @@ def precision_args(cfg: Model) -> dict:
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": not torch.cuda.is_available()}
 
 
+def sort_target_modules(folder: str | Path) -> None:
+    """Sort `target_modules` in every adapter_config.json under `folder`. PEFT writes the modules that `all-linear`
+    resolves to from a set, in an order that changes from process to process (string hashing), so identical adapters
+    would get different DVC hashes and a rerun would not reproduce the output byte for byte."""
+    import json
+
+    for path in Path(folder).rglob("adapter_config.json"):
+        adapter = json.loads(path.read_text())
+        if isinstance(adapter.get("target_modules"), list):
+            adapter["target_modules"] = sorted(adapter["target_modules"])
+            path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+
+
+def save_adapter(trainer, out: str | Path) -> None:
+    """The trainer's adapter (and tokenizer) in `out`, byte for byte the same for the same training."""
+    trainer.save_model(str(out))
+    if launch.is_main_process():
+        sort_target_modules(out)
+
+
 def trainable_in_float32(model) -> None:
     """Undo TRL's cast of a k-bit model's trainable weights to bf16 (the QLoRA paper's choice, made by TRL's SFT,
     reward, DPO, KTO and GRPO trainers): a bf16 copy of lm_head (modules_to_save) meets the fp32 hidden states that
@@ -181,7 +201,7 @@ def fit(trainer, out: str | Path, expected_rows: int, resume: str | None = None)
     every training metric, the evaluation metrics, steps and wall time."""
     wall = train(trainer, expected_rows, resume)
     evaluation = trainer.evaluate() if trainer.eval_dataset is not None else {}
-    trainer.save_model(str(out))
+    save_adapter(trainer, out)
     logged = {}
     for entry in trainer.state.log_history:
         if "train_loss" in entry:  # the Trainer's summary: after a resume it covers only the resumed part

@@ -65,6 +65,7 @@ def save(folder: Path, model, critic, value_head, tokenizer=None) -> None:
         critic.save_pretrained(Path(folder) / CRITIC_DIR)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    train.sort_target_modules(folder)
 
 
 def save_checkpoint(folder: Path, model, critic, value_head, optimizer, state: dict) -> None:

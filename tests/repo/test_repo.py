@@ -253,5 +253,6 @@ def test_tests_are_laid_out_like_the_code_and_slow_by_folder():
     tests = REPO / "tests"
     files = sorted(p.relative_to(tests) for p in tests.rglob("test_*.py"))
     assert files and all(p.parts[0] in ("unit", "stages", "slow", "repo") and len(p.parts) == 2 for p in files), files
-    marked = [str(p) for p in files if "mark.slow" in (tests / p).read_text()]
+    by_hand = re.compile(r"^\s*(@pytest\.mark\.slow|pytestmark\b)", re.M)
+    marked = [str(p) for p in files if by_hand.search((tests / p).read_text())]
     assert not marked, f"mark tests slow by moving them to tests/slow/, not by hand: {marked}"

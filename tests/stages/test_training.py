@@ -232,3 +232,11 @@ def test_dvclive_skips_studio_work_when_studio_is_not_set_up(tmp_path, monkeypat
     live.log_metric("loss", 1.0)
     live.next_step()
     assert (tmp_path / "live/plots/metrics/loss.tsv").exists()
+
+
+def test_saved_adapters_list_their_modules_in_one_order(tiny_trained):
+    """PEFT writes the modules `all-linear` resolves to from a set, in an order that changes between processes; the
+    saved SFT and reward adapters list them sorted, so a rerun gives the same bytes and the same DVC hash."""
+    for stage in ("sft", "reward"):
+        modules = json.loads((tiny_trained / f"models/{stage}/adapter_config.json").read_text())["target_modules"]
+        assert len(modules) > 3 and modules == sorted(modules), stage
