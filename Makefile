@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup repro test test-slow test-all plots compare lock clean-venv
+.PHONY: setup repro release test test-slow test-all plots compare lock clean-venv
 
 setup: $(STAMP)
 
@@ -20,6 +20,12 @@ $(STAMP): requirements.lock pyproject.toml
 
 repro: $(STAMP)
 	dvc repro
+
+# For release pipelines and CI: the run fails if the policy fails eval.gate (`make repro` writes only a model card
+# then, and succeeds). An experiment, since `dvc repro` takes no param overrides; like any `dvc exp run`, it leaves
+# export.on_failed_gate: fail in the workspace's params.yaml, which a release branch may commit.
+release: $(STAMP)
+	dvc exp run -S export.on_failed_gate=fail
 
 test: $(STAMP)
 	python -m pytest
@@ -40,7 +46,7 @@ plots: $(STAMP)
 METHODS := dpo orpo ppo simpo kto grpo
 SHOW := dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy'
 compare: $(STAMP)
-	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m -S export.enabled=false; done
+	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m; done
 	dvc exp run --run-all --jobs 1
 	$(SHOW)
 	python -m rlhf.plots --out plots $(METHODS)

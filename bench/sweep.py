@@ -3,8 +3,8 @@
     python -m bench.sweep [--rev REV] [--key sweep] [--out metrics/bench.json]
 
 1. `dvc repro`: the whole pipeline, every stage run (the wall time a full run costs);
-2. `dvc exp run -S method=orpo` and `dvc exp run -S dpo.beta=0.2`, each with `-S export.enabled=false` as `make
-   compare` has it: one experiment each, with the stages they ran and their wall time as a share of the full run;
+2. `dvc exp run -S method=orpo` and `dvc exp run -S dpo.beta=0.2`, as users type them: one experiment each, with the
+   stages they ran and their wall time as a share of the full run;
 3. `make compare` in a copy of the clone as step 1 left it (so no experiment of step 2 is restored from DVC's run
    cache): the six methods queued and run as experiments, the table and the plots. The `dpo` experiment equals the
    full run, so DVC restores it; the other five run.
@@ -49,9 +49,7 @@ def run(rev: str, tmp: Path, with_compare: bool = True) -> dict:
         for file, text in after_full.items():
             (root / file).write_text(text)
         subprocess.run(["dvc", "checkout", "--force", "--quiet"], cwd=root, check=True, env=pipeline.environment())
-        # export.enabled=false, as `make compare` sets it: an experiment compares, it ships nothing (and ORPO's
-        # policy fails eval.gate, so export would refuse it and fail the experiment)
-        exp = pipeline.dvc(root, logs, name, "exp", "run", "-S", setting, "-S", "export.enabled=false")
+        exp = pipeline.dvc(root, logs, name, "exp", "run", "-S", setting)
         result[name] = {**exp, "share_of_full_run": round(exp["wall_seconds"] / full["wall_seconds"], 3)}
     # -o: the clone's .venv is this repository's, already installed; make must not reinstall it
     if with_compare:

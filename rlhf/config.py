@@ -293,7 +293,7 @@ class Eval:
 class Export:
     enabled: bool
     dtype: Literal["auto", "float32", "bfloat16", "float16"]
-    ignore_gate: bool
+    on_failed_gate: Literal["card", "fail", "export"]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf import generation, models, scoring, sft_answers, stats
+from rlhf import gate, generation, models, scoring, sft_answers, stats
 from rlhf.io import write_json, write_jsonl
 
 BOOTSTRAP_RESAMPLES = 1000  # percentile endpoints of 1000 resamples move by about 0.005 between seeds
@@ -109,8 +109,7 @@ def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], d
     metrics |= degeneration_metrics(answers, {"policy": (logp["sft"], lengths["policy"])}, cfg.max_new_tokens,
                                     generation.stop_ids(tokenizer))
     metrics = {k: round(v, 6) for k, v in metrics.items()}
-    failed = gate_failures(metrics, cfg.gate)
-    metrics |= {"gate_passed": not failed, "gate_failed": "; ".join(failed)}  # `dvc metrics show` drops lists
+    metrics |= gate.verdict(metrics, cfg.gate)  # booleans only; the reasons: gate.failures, printed by run()
     samples = readable_samples(prompts, answers, rm_scores, oracle, tokenizer, cfg.num_samples)
     judged = oracle or rm_scores
     plots = {"reward_hist": histogram({name: s.tolist() for name, s in judged.items()}),
@@ -157,31 +156,6 @@ def degeneration_metrics(answers: dict[str, list[list[int]]], sft_logps: dict[st
     return out
 
 
-def gate_failures(metrics: dict, gate) -> list[str]:
-    """The checks of `eval.gate` that the policy fails, each naming its value and threshold; [] when it passes.
-
-    Relative changes against SFT: length_change = length_policy / length_sft - 1 (either way),
-    perplexity_rise = chosen_perplexity_policy / chosen_perplexity_sft - 1. The degeneration checks (repetition, empty
-    and cut-off answers) are on the policy's own values, not relative: SFT's answers are expected to pass them. A null
-    threshold, or a metric this run has not got (no oracle outside the built-in tasks), skips its check."""
-    derived = {"length_change": metrics["length_policy"] / metrics["length_sft"] - 1,
-               "perplexity_rise": metrics["chosen_perplexity_policy"] / metrics["chosen_perplexity_sft"] - 1}
-    checks = [("rm_win_rate", ">=", "min_rm_win_rate"), ("oracle_win_rate", ">=", "min_oracle_win_rate"),
-              ("kl_policy_sft", "<=", "max_kl"), ("length_change", "within +-", "max_length_change"),
-              ("perplexity_rise", "<=", "max_perplexity_rise"), ("repetition_policy", "<=", "max_repetition"),
-              ("empty_share_policy", "<=", "max_empty_share"), ("cutoff_share_policy", "<=", "max_cutoff_share")]
-    failed = []
-    for name, rule, key in checks:
-        value, threshold = derived.get(name, metrics.get(name)), getattr(gate, key)
-        if value is None or threshold is None:
-            continue
-        ok = {">=": value >= threshold, "<=": value <= threshold, "within +-": abs(value) <= threshold}[rule]
-        if not ok:
-            failed.append(f"{name} = {value:.4g} (must be {rule}{'' if rule.endswith('-') else ' '}{threshold:g}, "
-                          f"eval.gate.{key})")
-    return failed
-
-
 def readable_samples(prompts, answers, rm_scores, oracle, tokenizer, n: int) -> list[dict]:
     rows = []
     for i in range(min(n, len(prompts))):
@@ -206,3 +180,5 @@ def run(params, paths) -> None:
     tmp.replace(paths.samples)
     write_json(paths.eval_metrics, metrics)
     print(f"evaluate ({params.method}): {metrics}")
+    failed = gate.failures(metrics, params.eval.gate)
+    print(f"evaluate: eval.gate {'FAILED: ' + '; '.join(failed) if failed else 'passed'}")

@@ -2,8 +2,10 @@
 project code: base + SFT adapter + policy adapter merged, in `export.dtype`, with the tokenizer, its chat template,
 a generation config that stops at the template's end-of-turn token, and a model card written from facts.
 
-The export ships only a policy that passed `eval.gate` (see rlhf/evaluate.py), unless `export.ignore_gate` says so;
-the card then records that the gate failed.
+The export ships weights only for a policy that passed `eval.gate` (rlhf/gate.py). For one that failed,
+`export.on_failed_gate` chooses: `card` writes only the model card, naming the failed checks, and succeeds (a method
+that loses is a result, and its experiment must still show in `dvc exp show`); `fail` stops the stage, for release
+and CI runs; `export` ships the weights anyway and the card says the gate failed.
 
 A quantized base (`model.quantization: 4bit|8bit`) is merged into an unquantized copy of the base weights, as the
 QLoRA authors do: the adapters were trained against the k-bit weights, and adding them to the full-precision weights
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlhf import base, generation, models
+from rlhf import base, gate, generation, models
 from rlhf.io import UserError, atomic_dir, read_json
 
 CARD_FILE = "README.md"
@@ -26,14 +28,13 @@ CARD_FILE = "README.md"
 INPUTS = {"fetch": "fetched", "base": "base", "sft": "sft", "align": "policy", "evaluate": "eval_metrics"}
 
 
-def refuse_if_gate_failed(metrics: dict, ignore_gate: bool) -> None:
-    if metrics.get("gate_passed", False) or ignore_gate:
-        return
-    failed = metrics.get("gate_failed") or "metrics/eval.json has no gate result"
+def refuse(failed: list[str]) -> None:
+    """export.on_failed_gate: fail."""
     raise UserError(
-        f"export refused: the policy failed eval.gate: {failed}. Nothing was exported; the previous export is still "
-        "in the DVC cache (`dvc checkout models/export` brings it back). Improve the policy, loosen the thresholds "
-        "in eval.gate, or set export.ignore_gate: true to export it anyway (the model card will say the gate failed)."
+        f"export refused: the policy failed eval.gate: {'; '.join(failed)}. Nothing was exported; the previous export "
+        "is still in the DVC cache (`dvc checkout models/export` brings it back). Improve the policy, loosen the "
+        "thresholds in eval.gate, or set export.on_failed_gate to card (write only the model card) or export (ship "
+        "it anyway; the model card will say the gate failed)."
     )
 
 
@@ -78,7 +79,7 @@ def dvc_hashes(paths, lock_path: str | Path = "dvc.lock") -> dict:
     return hashes
 
 
-def facts(params, paths, eval_metrics: dict, dtype: torch.dtype) -> dict:
+def facts(params, paths, eval_metrics: dict, failed: list[str], dtype: torch.dtype) -> dict:
     weights = read_json(Path(paths.base) / base.BASE_FILE)["weights"]
     method = params.method
     return {
@@ -92,34 +93,44 @@ def facts(params, paths, eval_metrics: dict, dtype: torch.dtype) -> dict:
         "lora": dataclasses.asdict(params.lora),
         "seed": params.seed,
         "eval": eval_metrics,
-        "gate_ignored": not eval_metrics.get("gate_passed", False),
+        "gate_failed": failed,
+        "exported": not failed or params.export.on_failed_gate == "export",
         "git_commit": git_commit(),
         "dvc_hashes": dvc_hashes(paths),
     }
 
 
 def model_card(f: dict) -> str:
-    """The folder's README.md: Hugging Face front matter, then the facts as tables and JSON."""
+    """The folder's README.md: Hugging Face front matter, then the facts as tables and JSON. Without weights (a
+    failed gate, export.on_failed_gate: card) it says so first, with each failed check."""
     front = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["rlhf", f["method"]]}
-    gate = ("passed" if not f["gate_ignored"] else
-            f"FAILED and exported anyway (export.ignore_gate): {f['eval'].get('gate_failed')}")
+    verdict = ("passed" if not f["gate_failed"] else
+               f"FAILED, {'exported anyway' if f['exported'] else 'not exported'} (export.on_failed_gate): "
+               + "; ".join(f["gate_failed"]))
     rows = [("base model", json.dumps(f["base_model"])),
             ("base model hash (DVC, models/base)", f["dvc_hashes"].get("models/base", "not run through DVC")),
             ("data source", json.dumps(f["data"])),
             ("data hash (DVC, data/fetched)", f["dvc_hashes"].get("data/fetched", "not run through DVC")),
             ("method", f["method"]), ("export dtype", f["model"]["export_dtype"]),
             ("quantization in training", f["model"]["quantization_in_training"]), ("seed", f["seed"]),
-            ("eval.gate", gate), ("git commit (the code is in dvc.lock's hashes)", f["git_commit"])]
+            ("eval.gate", verdict), ("git commit (the code is in dvc.lock's hashes)", f["git_commit"])]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# Aligned policy ({f['method']})\n\n"
+    title = f"# Aligned policy ({f['method']})\n\n"
+    if not f["exported"]:
+        checks = "\n".join(f"- {reason}" for reason in f["gate_failed"])
+        title = (f"# Not exported: the {f['method']} policy failed eval.gate\n\nThis folder holds no weights. The "
+                 f"failed checks, each with its value and threshold:\n\n{checks}\n\nThe evaluation below says "
+                 "how the policy compares with SFT. The policy's LoRA adapter is still in models/policy; "
+                 "export.on_failed_gate: export ships it anyway.\n\n")
+    load = ("## Load it\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(\"models/export\")\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"models/export\")\n```\n") if f["exported"] else ""
+    return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{title}"
             "Written by the `export` stage from recorded facts; every value below is machine-generated.\n\n"
             f"| fact | value |\n| --- | --- |\n{table}\n\n## Evaluation (metrics/eval.json)\n\n"
             f"```json\n{json.dumps(f['eval'], indent=2)}\n```\n\n## Method params\n\n"
             f"```json\n{json.dumps(f['method_params'], indent=2)}\n```\n\n## DVC hashes of the inputs\n\n"
-            f"```json\n{json.dumps(f['dvc_hashes'], indent=2)}\n```\n\n## Load it\n\n```python\n"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(\"models/export\")\n"
-            "tokenizer = AutoTokenizer.from_pretrained(\"models/export\")\n```\n")
+            f"```json\n{json.dumps(f['dvc_hashes'], indent=2)}\n```\n\n{load}")
 
 
 def write(params, paths, out: Path) -> dict | None:
@@ -129,9 +140,15 @@ def write(params, paths, out: Path) -> dict | None:
                                      f"{paths.policy}.\n")
         return None
     eval_metrics = read_json(paths.eval_metrics)
-    refuse_if_gate_failed(eval_metrics, params.export.ignore_gate)
+    # the reasons from the numbers and eval.gate (a dep of this stage): metrics/eval.json holds only booleans
+    failed = gate.failures(eval_metrics, params.eval.gate)
+    if failed and params.export.on_failed_gate == "fail":
+        refuse(failed)
     dtype = export_dtype(params)
-    recorded = facts(params, paths, eval_metrics, dtype)
+    recorded = facts(params, paths, eval_metrics, failed, dtype)
+    if not recorded["exported"]:
+        (out / CARD_FILE).write_text(model_card(recorded))
+        return recorded
     tokenizer = models.tokenizer(paths.base)
     model = merged_policy(params, paths.base, paths.sft, paths.policy).to(dtype)
     stops = generation.stop_ids(tokenizer)  # the template's end of turn, which need not be the tokenizer's EOS (Gemma)
@@ -144,11 +161,16 @@ def write(params, paths, out: Path) -> dict | None:
 
 
 def run(params, paths) -> None:
-    """The export stage: paths.export, or, with a failed gate, a refusal that leaves the previous export as it was."""
+    """The export stage: paths.export, with weights or (a failed gate) only a card; or, with a failed gate and
+    export.on_failed_gate: fail, a refusal that leaves the previous export as it was."""
     with atomic_dir(paths.export) as tmp:
         recorded = write(params, paths, tmp)
     if recorded is None:
         print(f"export: export.enabled is false; {paths.export} holds only a note")
+    elif not recorded["gate_failed"]:
+        print(f"export: {paths.export} ({recorded['method']}, {recorded['model']['export_dtype']}, gate passed)")
     else:
-        print(f"export: {paths.export} ({recorded['method']}, {recorded['model']['export_dtype']}, gate "
-              f"{'FAILED, exported anyway (export.ignore_gate)' if recorded['gate_ignored'] else 'passed'})")
+        done = (f"exported anyway to {paths.export}" if recorded["exported"] else
+                f"no weights; {paths.export}/{CARD_FILE} says why")
+        print(f"export: the {recorded['method']} policy failed eval.gate, {done} (export.on_failed_gate): "
+              + "; ".join(recorded["gate_failed"]))

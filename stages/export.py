@@ -1,5 +1,5 @@
 """export: merge base + SFT + policy adapters into one model folder that plain transformers loads, with a
-model card; refuses a policy that failed eval.gate (rlhf/export.py).
+model card; for a policy that failed eval.gate, only the card, or a refusal (export.on_failed_gate, rlhf/export.py).
 
     python -m stages.export
 

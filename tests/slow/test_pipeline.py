@@ -39,10 +39,8 @@ def set_params(repo: Path, **dotted):
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC copy of the project with small data and a short pretraining, after one full `dvc repro`."""
-    root = tmp_path_factory.mktemp("pipeline")
+def scratch_repo(root: Path, overrides: dict) -> Path:
+    """A git + DVC copy of the project in `root`, on the repo's params with `overrides`, committed."""
     for name in COPY:
         src, dst = REPO / name, root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -50,10 +48,17 @@ def repo(tmp_path_factory):
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dst)
-    write_params(root / "params.yaml", TINY)
+    write_params(root / "params.yaml", overrides)
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC copy of the project with small data and a short pretraining, after one full `dvc repro`."""
+    root = scratch_repo(tmp_path_factory.mktemp("pipeline"), TINY)
     first = sh(root, "dvc", "repro")
     assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "reference", "sft_answers", "align",
                           "evaluate", "export"]
@@ -165,3 +170,21 @@ def test_bad_param_fails_cleanly_and_cache_restores(repo):
     sh(repo, "dvc", "checkout")  # the last good outputs come back from the cache
     assert (repo / "data/fetched/rows.jsonl").exists()
     assert ran(sh(repo, "dvc", "repro")) == []
+
+
+def test_the_card_command_succeeds_when_the_method_fails_the_gate(tmp_path):
+    """`dvc exp run -S method=orpo`, exactly as users type it, on params.yaml's export.on_failed_gate (TINY's
+    override dropped): a tiny ORPO policy fails eval.gate, and still the command exits 0, models/export holds only the
+    card, and the experiment shows in `dvc exp show` with gate_passed false and the failed checks as false."""
+    overrides = {k: v for k, v in TINY.items() if k != "export.on_failed_gate"}
+    root = scratch_repo(tmp_path, overrides)
+    run = sh(root, "dvc", "exp", "run", "-S", "method=orpo")  # raises on a non-zero exit
+    assert ran(run)[-3:] == ["align", "evaluate", "export"]
+    assert [p.name for p in (root / "models/export").iterdir()] == ["README.md"]
+    assert "# Not exported: the orpo policy failed eval.gate" in (root / "models/export/README.md").read_text()
+    shown = json.loads(sh(root, "dvc", "exp", "show", "--json").stdout)
+    exps = [rev["data"] for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]]
+    assert len(exps) == 1 and exps[0]["params"]["params.yaml"]["data"]["method"] == "orpo"
+    metrics = exps[0]["metrics"]["metrics/eval.json"]["data"]
+    assert metrics["gate_passed"] is False and any(v is False for k, v in metrics.items() if k != "gate_passed"
+                                                   and k.startswith("gate_"))

@@ -59,10 +59,11 @@ def test_evaluate_stage(evaluated):
     metrics = json.loads((work / "metrics/eval.json").read_text())
     assert metrics["rm_win_rate"] + metrics["rm_tie_rate"] + metrics["rm_loss_rate"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["oracle_win_rate"] + metrics["oracle_tie_rate"] + metrics["oracle_loss_rate"] == pytest.approx(1.0, abs=1e-5)
-    gate = {"gate_passed", "gate_failed"}
-    assert all(isinstance(v, (int, float)) for k, v in metrics.items() if k not in gate)
-    assert isinstance(metrics["gate_passed"], bool) and isinstance(metrics["gate_failed"], str)
-    assert metrics["gate_passed"] == (metrics["gate_failed"] == "")
+    # numbers and booleans only (the gate's reasons go to the card and the log), so `dvc exp show` stays readable
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    checks = {k: v for k, v in metrics.items() if k.startswith("gate_") and k != "gate_passed"}
+    assert "gate_kl_policy_sft" in checks and all(isinstance(v, bool) for v in checks.values())
+    assert metrics["gate_passed"] is all(checks.values())
     assert metrics["chosen_perplexity_sft"] == pytest.approx(math.exp(metrics["chosen_loss_sft"]), rel=1e-5)
     assert metrics["oracle_win_rate_ci_low"] <= metrics["oracle_win_rate"] <= metrics["oracle_win_rate_ci_high"]
     assert metrics["rm_win_rate_lc_ci_low"] <= metrics["rm_win_rate_lc"] <= metrics["rm_win_rate_lc_ci_high"]

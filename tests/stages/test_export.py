@@ -1,11 +1,11 @@
-"""The export stage: one folder plain transformers loads, equal to our policy; and the gate that stops a policy that
-got worse from being exported."""
+"""The export stage: one folder plain transformers loads, equal to our policy; and the gate that keeps the weights of a
+policy that got worse from being exported (only a card then, or a failed stage in strict mode)."""
 import json
 
 import pytest
 import torch
 
-from rlhf import evaluate, export, models
+from rlhf import export, gate, models
 from rlhf.config import Gate
 from rlhf.io import UserError
 from tests.conftest import evaluate_stages, repo_section, run_stage, write_params, TINY
@@ -20,7 +20,7 @@ GATE = Gate(min_rm_win_rate=0.5, min_oracle_win_rate=0.4, max_kl=4.0, max_length
 
 
 def test_gate_passes_a_policy_within_every_threshold():
-    assert evaluate.gate_failures(GOOD, GATE) == []
+    assert gate.failures(GOOD, GATE) == []
 
 
 @pytest.mark.parametrize("key, value, check", [
@@ -35,36 +35,70 @@ def test_gate_passes_a_policy_within_every_threshold():
     ("cutoff_share_policy", 0.25, "cutoff_share_policy = 0.25 (must be <= 0.1, eval.gate.max_cutoff_share)"),
 ])
 def test_gate_names_each_failed_check_with_value_and_threshold(key, value, check):
-    assert evaluate.gate_failures({**GOOD, key: value}, GATE) == [check]
+    assert gate.failures({**GOOD, key: value}, GATE) == [check]
 
 
 def test_gate_check_off_when_null_or_without_an_oracle():
     bad = {**GOOD, "kl_policy_sft": 50.0}
-    assert evaluate.gate_failures(bad, Gate(max_kl=None, min_rm_win_rate=0.5, min_oracle_win_rate=0.4,
+    assert gate.failures(bad, Gate(max_kl=None, min_rm_win_rate=0.5, min_oracle_win_rate=0.4,
                                             max_length_change=0.4, max_perplexity_rise=0.5, **DEGENERATION)) == []
     no_oracle = {k: v for k, v in GOOD.items() if k != "oracle_win_rate"}
-    assert evaluate.gate_failures(no_oracle, GATE) == []  # a hub dataset has no oracle to check
+    assert gate.failures(no_oracle, GATE) == []  # a hub dataset has no oracle to check
 
 
-def test_export_refuses_a_failed_gate_and_keeps_the_previous_export(tmp_path, monkeypatch):
-    (tmp_path / "models/export").mkdir(parents=True)
-    (tmp_path / "models/export/model.safetensors").write_text("previous")
-    failed = {**GOOD, "gate_passed": False, "gate_failed": "kl_policy_sft = 5 (must be <= 4, eval.gate.max_kl)"}
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/eval.json").write_text(json.dumps(failed))
-    write_params(tmp_path / "params.yaml", {})
-    with pytest.raises(UserError, match=r"failed eval.gate: kl_policy_sft = 5 \(must be <= 4, eval.gate.max_kl\).*"
-                                        r"export.ignore_gate"):
-        run_stage(tmp_path, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
-                  "--eval-metrics", "metrics/eval.json", "--export", "models/export")
-    assert (tmp_path / "models/export/model.safetensors").read_text() == "previous"
+def test_verdict_is_one_boolean_per_check_that_ran():
+    """metrics/eval.json's gate keys: short booleans for `dvc exp show`, no reasons (those are long strings)."""
+    bad = {**GOOD, "kl_policy_sft": 5.0}
+    del bad["oracle_win_rate"]  # no oracle: its check does not run, and has no key
+    assert gate.verdict(bad, GATE) == {
+        "gate_passed": False, "gate_rm_win_rate": True, "gate_kl_policy_sft": False, "gate_length_change": True,
+        "gate_perplexity_rise": True, "gate_repetition_policy": True, "gate_empty_share_policy": True,
+        "gate_cutoff_share_policy": True}
+    assert gate.verdict(GOOD, GATE)["gate_passed"] is True
+
+
+def failed_gate_workdir(root, mode: str):
+    """A workdir whose metrics/eval.json fails the repo's eval.gate on KL (5 > 4) and whose models/export holds a
+    previous export; params are the repo's with export.on_failed_gate = `mode`."""
+    (root / "models/export").mkdir(parents=True)
+    (root / "models/export/model.safetensors").write_text("previous")
+    (root / "models/base").mkdir()
+    (root / "models/base/base.json").write_text(json.dumps({"weights": "builtin:tiny"}))
+    (root / "metrics").mkdir()
+    (root / "metrics/eval.json").write_text(json.dumps({**GOOD, "kl_policy_sft": 5.0, "gate_passed": False}))
+    write_params(root / "params.yaml", {"export.on_failed_gate": mode})
+    return root
+
+
+EXPORT_ARGS = ("--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
+               "--eval-metrics", "metrics/eval.json", "--export", "models/export")
+
+
+def test_a_failed_gate_exports_only_a_card_naming_the_failed_checks(tmp_path, capsys):
+    """The default (export.on_failed_gate: card): the stage succeeds (a method that loses is a result), and
+    models/export holds no weights, only a card that says which check failed, with its value and threshold."""
+    work = failed_gate_workdir(tmp_path, "card")
+    run_stage(work, "export", *EXPORT_ARGS)
+    assert [p.name for p in (work / "models/export").iterdir()] == ["README.md"]
+    card = (work / "models/export/README.md").read_text()
+    assert card.count("kl_policy_sft = 5 (must be <= 4, eval.gate.max_kl)") == 2  # the list and the facts table
+    assert "# Not exported: the dpo policy failed eval.gate" in card and "from_pretrained" not in card
+    assert "kl_policy_sft = 5 (must be <= 4, eval.gate.max_kl)" in capsys.readouterr().out
+
+
+def test_strict_mode_refuses_a_failed_gate_and_keeps_the_previous_export(tmp_path):
+    work = failed_gate_workdir(tmp_path, "fail")
+    with pytest.raises(UserError, match=r"export refused: the policy failed eval.gate: kl_policy_sft = 5 \(must be "
+                                        r"<= 4, eval.gate.max_kl\).*export.on_failed_gate"):
+        run_stage(work, "export", *EXPORT_ARGS)
+    assert (work / "models/export/model.safetensors").read_text() == "previous"
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_trained, tmp_path_factory):
-    """A tiny DPO policy, evaluated, then exported with the gate ignored (tiny runs are too short to pass it)."""
+    """A tiny DPO policy, evaluated, then exported despite the gate (tiny runs are too short to pass it)."""
     work = run_align(tiny_trained, tmp_path_factory.mktemp("export"), "dpo",
-                     **{"export.ignore_gate": True, "eval.num_prompts": 16, "eval.num_samples": 2})
+                     **{"export.on_failed_gate": "export", "eval.num_prompts": 16, "eval.num_samples": 2})
     evaluate_stages(work)
     run_stage(work, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
               "--eval-metrics", "metrics/eval.json", "--export", "models/export")
@@ -97,19 +131,20 @@ def test_model_card_is_written_from_facts(exported):
     metrics = json.loads((exported / "metrics/eval.json").read_text())
     assert "library_name: transformers" in card and "| method | dpo |" in card
     assert f'"kl_policy_sft": {metrics["kl_policy_sft"]}' in card
-    assert "builtin:sentiment" in card and "FAILED and exported anyway" in card
+    assert "builtin:sentiment" in card and "FAILED, exported anyway (export.on_failed_gate): " in card
     assert '"beta": 0.1' in card  # the method's params
 
 
 def test_a_bad_policy_is_stopped_at_export(tiny_trained, tmp_path):
-    """A DPO run with a learning rate far too high wrecks the policy; evaluate's default gate fails it and export
-    refuses, naming the failed checks."""
+    """A DPO run with a learning rate far too high wrecks the policy; evaluate's default gate fails it, and export
+    ships no weights, only a card naming the failed checks."""
     work = run_align(tiny_trained, tmp_path, "dpo", **{"dpo.learning_rate": 3.0, "eval.num_prompts": 32,
-                                                       "eval.num_samples": 0, "export.ignore_gate": False})
+                                                       "eval.num_samples": 0, "export.on_failed_gate": "card"})
     evaluate_stages(work)
     metrics = json.loads((work / "metrics/eval.json").read_text())
-    assert metrics["gate_passed"] is False and metrics["gate_failed"]
-    with pytest.raises(UserError, match="export refused: the policy failed eval.gate"):
-        run_stage(work, "export", "--base", "models/base", "--sft", "models/sft", "--policy", "models/policy",
-                  "--eval-metrics", "metrics/eval.json", "--export", "models/export")
-    assert not (work / "models/export").exists()
+    failed = [k for k, v in metrics.items() if k.startswith("gate_") and v is False]
+    assert metrics["gate_passed"] is False and len(failed) >= 2  # gate_passed and at least one check
+    run_stage(work, "export", *EXPORT_ARGS)
+    assert [p.name for p in (work / "models/export").iterdir()] == ["README.md"]
+    card = (work / "models/export/README.md").read_text()
+    assert all(f"- {name.removeprefix('gate_')} = " in card for name in failed if name != "gate_passed")
