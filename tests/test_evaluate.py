@@ -67,7 +67,7 @@ def test_evaluate_stage(evaluated):
     assert metrics["oracle_win_rate_ci_low"] <= metrics["oracle_win_rate"] <= metrics["oracle_win_rate_ci_high"]
     assert metrics["rm_win_rate_lc_ci_low"] <= metrics["rm_win_rate_lc"] <= metrics["rm_win_rate_lc_ci_high"]
     assert {"repetition_sft", "distinct2_policy", "empty_share_policy", "cutoff_share_sft",
-            "fluency_perplexity_policy"} <= set(metrics)
+            "fluency_perplexity_policy", "fluency_perplexity_sft"} <= set(metrics)
     assert metrics["kl_policy_sft"] > -0.5  # an estimate of a non-negative quantity; noisy on 12 samples
     samples = [json.loads(line) for line in (work / "metrics/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and {"prompt", "sft_answer", "policy_answer", "policy_oracle"} <= set(samples[0])
@@ -96,3 +96,15 @@ def test_sft_answers_for_other_prompts_are_refused(evaluated):
     assert len(sft_answers.load(evaluated / "data/sft_answers", validation, 12)["answers"]) == 12
     with pytest.raises(UserError, match=r"other validation rows or another eval.num_prompts.*dvc repro sft_answers"):
         sft_answers.load(evaluated / "data/sft_answers", validation, 8)
+
+
+def test_sft_answers_of_an_older_stage_are_refused(evaluated, tmp_path):
+    """A data/sft_answers written before the stage saved the answers' log-probs is refused by name, not a KeyError."""
+    from datasets import load_from_disk
+
+    saved = load_from_disk(str(evaluated / "data/sft_answers"))
+    saved["answers"] = saved["answers"].remove_columns(["answer_logps", "answer_tokens"])
+    saved.save_to_disk(str(tmp_path / "old"))
+    validation = tokenize.load_split(evaluated / "data/tokenized", "validation", 10**9)
+    with pytest.raises(UserError, match=r"no 'answer_logps' column.*dvc repro sft_answers"):
+        sft_answers.load(tmp_path / "old", validation, 12)
