@@ -83,15 +83,11 @@ def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], d
         metrics |= {f"oracle_mean_{name}": s.mean().item() for name, s in oracle.items()}
         metrics |= {f"oracle_{k}": v for k, v in win_rate(oracle["policy"], oracle["sft"]).items()}
 
-    # -- drift: KL on the policy's own samples, and answer lengths
-    def logp_of_policy_answers():
-        return scoring.completion_logprobs(model, prompts, answers["policy"], tokenizer.pad_token_id,
-                                           cfg.batch_size)[0]
-
-    logp = {"policy": logp_of_policy_answers()}
+    # -- drift: KL on the policy's own samples (their log-probs under the policy are part of its side), and lengths
     with models.reference(model):
-        logp["sft"] = logp_of_policy_answers()
-    metrics["kl_policy_sft"] = kl_estimate(logp["policy"], logp["sft"])
+        sft_of_policy = scoring.completion_logprobs(model, prompts, answers["policy"], tokenizer.pad_token_id,
+                                                    cfg.batch_size)
+    metrics["kl_policy_sft"] = kl_estimate(sides["policy"]["answer_logps"][0], sft_of_policy[0])
     metrics |= {f"length_{name}": statistics.mean(len(a) for a in ans) for name, ans in answers.items()}
 
     # -- the validation pairs: implicit-reward accuracy and the chosen answers' loss
@@ -102,12 +98,12 @@ def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], d
         metrics[f"chosen_loss_{name}"] = -total.sum().item() / count.sum().item()
         metrics[f"chosen_perplexity_{name}"] = float(torch.exp(torch.tensor(metrics[f"chosen_loss_{name}"])))
 
-    # -- the numbers' noise (intervals, length-controlled win rates) and degeneration (rlhf/stats.py); the SFT
-    # side's fluency needs the SFT model's log-probs of its own answers, which sft_answers does not save yet
+    # -- the numbers' noise (intervals, length-controlled win rates) and degeneration (rlhf/stats.py); fluency is
+    # each model's answers under the SFT model, so the SFT side's own log-probs
     lengths = {name: torch.tensor([len(a) for a in ans]) for name, ans in answers.items()}
     metrics |= interval_metrics({"rm": rm_scores, **({"oracle": oracle} if oracle else {})}, lengths, params.seed)
-    metrics |= degeneration_metrics(answers, {"policy": (logp["sft"], lengths["policy"])}, cfg.max_new_tokens,
-                                    generation.stop_ids(tokenizer))
+    metrics |= degeneration_metrics(answers, {"sft": sft["answer_logps"], "policy": sft_of_policy},
+                                    cfg.max_new_tokens, generation.stop_ids(tokenizer))
     metrics = {k: round(v, 6) for k, v in metrics.items()}
     metrics |= gate.verdict(metrics, cfg.gate)  # booleans only; the reasons: gate.failures, printed by run()
     samples = readable_samples(prompts, answers, rm_scores, oracle, tokenizer, cfg.num_samples)

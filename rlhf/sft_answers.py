@@ -1,6 +1,7 @@
 """sft_answers: the SFT model's side of the evaluation, computed once per SFT model and `eval.*` settings, not once per
 experiment: its answers to the evaluation prompts (sampled with `seed`), their reward-model scores and, on a built-in
-task, oracle scores, and its log-probs of the validation pairs' chosen and rejected answers.
+task, oracle scores, its log-probs of those answers (for the fluency measure) and of the validation pairs' chosen and
+rejected answers.
 
 The policy's side is the same measurement (`measure`), made by the evaluate stage. Generation reseeds at each call
 and every batch holds one model's rows only, so a side does not depend on what else ran in the process: the cached
@@ -30,13 +31,15 @@ def shared_inputs(params, paths) -> dict:
 
 def measure(model, params, shared: dict) -> dict:
     """One model's side: "answers" (token ids per prompt), "rm" and, on a built-in task, "oracle" ((N,) scores of
-    the answers), and "chosen", "rejected" ((M,) summed log-probs and (M,) token counts of the validation pairs)."""
+    the answers), "answer_logps" ((N,) summed log-probs and (N,) token counts of the answers under the model itself),
+    and "chosen", "rejected" ((M,) summed log-probs and (M,) token counts of the validation pairs)."""
     cfg, tokenizer, prompts, validation = params.eval, shared["tokenizer"], shared["prompts"], shared["validation"]
     answers = generation.generate(model, prompts, tokenizer, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                   cfg.batch_size, seed=params.seed)
     side = {"answers": answers, "rm": shared["score"](prompts, answers)[0]}
     if shared["task"]:
         side["oracle"] = torch.tensor(generation.oracle_scores(shared["task"], prompts, answers, tokenizer))
+    side["answer_logps"] = scoring.completion_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size)
     for key in PAIRS:
         side[key] = scoring.completion_logprobs(model, validation["prompt_ids"], validation[f"{key}_ids"],
                                                 tokenizer.pad_token_id, cfg.batch_size)
@@ -54,6 +57,7 @@ def compute(params, paths):
     answers = {"id": ids[: len(side["answers"])], "answer_ids": side["answers"], "rm_score": side["rm"].tolist()}
     if "oracle" in side:
         answers["oracle_score"] = side["oracle"].tolist()
+    answers["answer_logps"], answers["answer_tokens"] = (t.tolist() for t in side["answer_logps"])
     pairs = {"id": ids}
     for key in PAIRS:
         pairs[f"{key}_logps"], pairs[f"{key}_tokens"] = (t.tolist() for t in side[key])
@@ -70,10 +74,15 @@ def load(folder: str | Path, validation, num_prompts: int | None) -> dict:
     if list(pairs["id"]) != ids or list(answers["id"]) != ids[:num_prompts]:
         raise UserError(f"{folder}: the SFT answers were computed for other validation rows or another "
                         "eval.num_prompts than this evaluation's: rerun the sft_answers stage (`dvc repro sft_answers`).")
+    if "answer_logps" not in answers.column_names:
+        raise UserError(f"{folder}: the SFT answers have no 'answer_logps' column (an older version of the stage "
+                        "wrote them): rerun the sft_answers stage (`dvc repro sft_answers`).")
     side = {"answers": [list(a) for a in answers["answer_ids"]],
             "rm": torch.tensor(answers["rm_score"], dtype=torch.float32)}
     if "oracle_score" in answers.column_names:
         side["oracle"] = torch.tensor(answers["oracle_score"], dtype=torch.float32)
+    side["answer_logps"] = (torch.tensor(answers["answer_logps"], dtype=torch.float32),
+                            torch.tensor(answers["answer_tokens"], dtype=torch.int64))
     for key in PAIRS:
         side[key] = (torch.tensor(pairs[f"{key}_logps"], dtype=torch.float32),
                      torch.tensor(pairs[f"{key}_tokens"], dtype=torch.int64))
