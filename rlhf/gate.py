@@ -9,7 +9,8 @@ and thresholds for its card and its messages, so metrics/eval.json carries no lo
 CHECKS = [("rm_win_rate", ">=", "min_rm_win_rate"), ("oracle_win_rate", ">=", "min_oracle_win_rate"),
           ("kl_policy_sft", "<=", "max_kl"), ("length_change", "within +-", "max_length_change"),
           ("perplexity_rise", "<=", "max_perplexity_rise"), ("repetition_policy", "<=", "max_repetition"),
-          ("empty_share_policy", "<=", "max_empty_share"), ("cutoff_share_policy", "<=", "max_cutoff_share")]
+          ("empty_share_policy", "<=", "max_empty_share"), ("cutoff_share_policy", "<=", "max_cutoff_share"),
+          ("distinct2_policy", ">=", "min_distinct2")]
 
 
 def checks(metrics: dict, gate) -> dict[str, str | None]:
@@ -17,7 +18,7 @@ def checks(metrics: dict, gate) -> dict[str, str | None]:
 
     Relative changes against SFT: length_change = length_policy / length_sft - 1 (either way),
     perplexity_rise = chosen_perplexity_policy / chosen_perplexity_sft - 1. The degeneration checks (repetition, empty
-    and cut-off answers) are on the policy's own values, not relative: SFT's answers are expected to pass them. A null
+    and cut-off answers, distinct-2) are on the policy's own values, not relative: SFT's answers are expected to pass them. A null
     threshold, or a metric this run has not got (no oracle outside the built-in tasks), skips its check."""
     derived = {"length_change": metrics["length_policy"] / metrics["length_sft"] - 1,
                "perplexity_rise": metrics["chosen_perplexity_policy"] / metrics["chosen_perplexity_sft"] - 1}
