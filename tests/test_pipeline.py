@@ -13,7 +13,7 @@ from conftest import REPO, TINY, write_params
 
 pytestmark = pytest.mark.slow  # `make test-slow`; CI runs it
 
-COPY = ["dvc.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvc/plots", ".dvcignore"]
+COPY = ["dvc.yaml", "paths.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvc/plots", ".dvcignore"]
 # Tests run in order on one repo copy; each leaves params as the next expects.
 
 
