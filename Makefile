@@ -18,8 +18,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# Into a log (stderr not a terminal), progress bars redraw every 30 s instead of 10 times a second: tqdm reads
+# TQDM_MININTERVAL (tqdm >= 4.66), and the datasets and transformers bars are tqdm's.
 repro: $(STAMP)
-	dvc repro
+	if [ -t 2 ]; then dvc repro; else TQDM_MININTERVAL=30 dvc repro; fi
 
 # Every experiment starts from the committed params.yaml: `dvc exp run` leaves an experiment's params in the
 # workspace, so a second `dvc exp run -S ...` would silently stack on the first. BASELINE puts the committed file
