@@ -49,8 +49,6 @@ def test_show_is_readable_and_names_the_method(repo):
     assert "oracle_win_rate" in header and "kl_policy_sft" in header
     declared = yaml.safe_load((repo / "dvc.yaml").read_text())
     assert [s for s, d in declared["stages"].items() if "metrics" in d] == ["evaluate"]  # headline numbers only
-    values = json.loads((repo / "metrics/eval.json").read_text())
-    assert all(not isinstance(v, str) or len(v) <= 40 for v in values.values()), "a long string in metrics/eval.json"
 
 
 def test_experiments_start_from_the_baseline(repo):
