@@ -103,7 +103,7 @@ class UserError(Exception):
 
 
 # Library warnings that every run gives and that need no action, dropped so that a log shows the ones that do; any
-# other warning is kept. transformers 5 deprecates a name that its own Trainer and peft still call:
+# other warning is kept. transformers 5 deprecates a name that TRL 1.16 still calls (trl/models/utils.py):
 EXPECTED_WARNINGS = (r"`is_gradient_checkpointing` is deprecated",)
 
 
