@@ -163,7 +163,7 @@ def test_teammate_gets_experiments_made_before_and_after_dvc_remote_add(tmp_path
     from test_workflow import MAKE, make_copy
 
     store = tmp_path / "dvc-store"
-    sh(tmp_path, "git", "init", "-q", "--bare", "origin.git")
+    sh(tmp_path, "git", "init", "-q", "--bare", "-b", "main", "origin.git")  # HEAD on main: a clone checks it out
     mine = make_copy(tmp_path / "mine")
     sh(mine, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
     sh(mine, "dvc", "repro")
