@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup repro release test test-slow test-all plots compare lock clean-venv
+.PHONY: setup repro exp show release test test-slow test-all plots compare lock clean-venv
 
 setup: $(STAMP)
 
@@ -18,8 +18,26 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# Into a log (stderr not a terminal), progress bars redraw every 30 s instead of 10 times a second: tqdm reads
+# TQDM_MININTERVAL (tqdm >= 4.66), and the datasets and transformers bars are tqdm's.
 repro: $(STAMP)
-	dvc repro
+	if [ -t 2 ]; then dvc repro; else TQDM_MININTERVAL=30 dvc repro; fi
+
+# Every experiment starts from the committed params.yaml: `dvc exp run` leaves an experiment's params in the
+# workspace, so a second `dvc exp run -S ...` would silently stack on the first. BASELINE puts the committed file
+# back, printing what it discards (commit a change to make it the new baseline).
+BASELINE := git diff --quiet HEAD -- params.yaml || { echo "params.yaml: restoring the committed baseline, discarding:"; \
+	git --no-pager diff HEAD -- params.yaml; git checkout HEAD -- params.yaml; }
+
+# One experiment from the baseline: make exp ARGS="-S method=orpo" (ARGS: any `dvc exp run` options).
+exp: $(STAMP)
+	@$(BASELINE)
+	dvc exp run $(ARGS)
+
+# The experiments table for a laptop screen: the params that differ between rows, `method`, and the headline metrics.
+# Plain `dvc exp show` lists every key of params.yaml (about 200): DVC shows the default params file whole.
+show: $(STAMP)
+	dvc exp show --no-pager --only-changed --keep '^(Experiment|Created|State|method)$$|^($(HEADLINE))' $(ARGS)
 
 # For release pipelines and CI: the run fails if the policy fails eval.gate (`make repro` writes only a model card
 # then, and succeeds). An experiment, since `dvc repro` takes no param overrides; like any `dvc exp run`, it leaves
@@ -44,8 +62,10 @@ plots: $(STAMP)
 # Every alignment method as a DVC experiment on the same data, then the comparison table and plots/ with one
 # labelled point per experiment on the reward-against-KL frontier.
 METHODS := dpo orpo ppo simpo kto grpo
-SHOW := dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy'
+HEADLINE := oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy
+SHOW := dvc exp show --no-pager --md --drop '.*' --keep '^Experiment$$|$(HEADLINE)'
 compare: $(STAMP)
+	@$(BASELINE)
 	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m; done
 	dvc exp run --run-all --jobs 1
 	$(SHOW)

@@ -7,6 +7,7 @@ Every row that does not make it is counted with its reason in the returned stats
 """
 import codecs
 import csv
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -27,6 +28,21 @@ MAX_EXAMPLES = 5  # bad-row messages kept in the stats, so a `skip` run still sh
 
 class DataError(UserError, ValueError):
     """Bad input data: the message names the file, row and field, and says what to do."""
+
+
+def local_path(source: str, cwd: Path | None = None) -> Path:
+    """`source` as a local path. A relative one starts at the repository root: the working directory, except in a
+    queued or temporary DVC experiment, which runs in a copy under <root>/.dvc/tmp/exps/ that holds only the files git
+    tracks; there a path missing from the copy (e.g. ../shared/pairs.jsonl, or an untracked file) is read from <root>."""
+    path = Path(source).expanduser()
+    cwd = cwd or Path.cwd()
+    if path.is_absolute() or (cwd / path).exists():
+        return path
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i]) / path
+    return path
 
 
 def fetch(cfg: Data, seed: int, num_proc: int = 1, batch_size: int = 1000) -> tuple[Iterator[str], dict]:
@@ -98,7 +114,9 @@ def load_raw(cfg: Data, seed: int):
         generate, _ = synthetic.TASKS[task]
         rows = generate(cfg.builtin.num_pairs, seed, cfg.builtin.label_noise)
         return lambda: enumerate(rows, 1), source, {"kind": "builtin"}
-    path = Path(source).expanduser()
+    path = local_path(source)
+    if path.exists():  # datasets reads a folder by its name: give it the resolved one
+        cfg = dataclasses.replace(cfg, source=str(path))
     if path.is_file():
         return lambda: read_file(path, cfg.split), str(path), {"kind": "file", "sha256": sha256(path)}
     if path.is_dir():

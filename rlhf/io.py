@@ -9,6 +9,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -101,9 +102,34 @@ class UserError(Exception):
     """Bad input or settings: the message says what is wrong and what to do. Stages print it without a traceback."""
 
 
+# Library warnings that every run gives and that need no action, dropped so that a log shows the ones that do; any
+# other warning is kept. transformers 5 deprecates a name that TRL 1.16 still calls (trl/models/utils.py):
+EXPECTED_WARNINGS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
+def expected_load_report(record) -> bool:
+    """Whether `record` is transformers' load report whose only finding is the reward head `score.weight` "newly
+    initialized": expected, as the reward stage creates and trains that head, and later loads take it from the reward
+    adapter. A report naming any other key is not."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # the report is styled with terminal colours
+    rows = [line for line in text.splitlines() if re.search(r"\|\s*(MISSING|UNEXPECTED|MISMATCH)", line)]
+    return "LOAD REPORT" in text and len(rows) == 1 and rows[0].split("|")[0].strip() == "score.weight"
+
+
+def quiet_expected_warnings() -> None:
+    """Drop EXPECTED_WARNINGS and the reward head's load report (see expected_load_report)."""
+    import logging
+    import warnings
+
+    for message in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("transformers.modeling_utils").addFilter(lambda record: not expected_load_report(record))
+
+
 def run(main) -> None:
     """Run a stage's main(), turning a UserError into a one-paragraph message and exit status 1, and Ctrl-C into one
     line and the shell's status for it (130). Outputs are written atomically, so an interrupted stage leaves none."""
+    quiet_expected_warnings()
     try:
         main()
     except UserError as err:

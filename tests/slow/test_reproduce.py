@@ -145,3 +145,42 @@ def test_push_and_pull_through_an_ssh_remote(origin, sshd, tmp_path):
         (origin / "models/policy/adapter_model.safetensors").read_bytes()
     assert "up to date" in sh(clone, "dvc", "status").stdout
     assert metrics(clone) == metrics(origin)
+
+
+def md5s(repo) -> dict:
+    """md5 of every file under models/ and metrics/."""
+    import hashlib
+
+    return {str(p.relative_to(repo)): hashlib.md5(p.read_bytes()).hexdigest()
+            for folder in ("models", "metrics") for p in sorted((repo / folder).rglob("*")) if p.is_file()}
+
+
+def test_teammate_gets_experiments_made_before_and_after_dvc_remote_add(tmp_path):
+    """The README's teammate section, command for command. The DVC remote lives in .dvc/config.local (`dvc remote add
+    --local`), which no commit carries: an experiment's commit holds the .dvc/config of its time, so a remote added to
+    the project config after an experiment was unknown to that experiment's `dvc exp push` (issue 23)."""
+    from test_workflow import MAKE, make_copy
+
+    store = tmp_path / "dvc-store"
+    sh(tmp_path, "git", "init", "-q", "--bare", "-b", "main", "origin.git")  # HEAD on main: a clone checks it out
+    mine = make_copy(tmp_path / "mine")
+    sh(mine, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
+    sh(mine, "dvc", "repro")
+    sh(mine, "git", "add", "-A")
+    sh(mine, *GIT, "commit", "-qm", "run")
+    sh(mine, "git", "push", "-q", "origin", "main")
+    expected = {}
+    sh(mine, *MAKE, "exp", "ARGS=-n before -S method=orpo -S export.enabled=false")  # no remote yet
+    expected["before"] = md5s(mine)
+    sh(mine, "dvc", "remote", "add", "--local", "-d", "store", str(store))
+    sh(mine, *MAKE, "exp", "ARGS=-n after -S dpo.beta=0.2 -S export.enabled=false")
+    expected["after"] = md5s(mine)
+    sh(mine, "dvc", "exp", "push", "-r", "store", "origin", "before", "after")
+
+    theirs = tmp_path / "theirs"
+    sh(tmp_path, "git", "clone", "-q", str(tmp_path / "origin.git"), str(theirs))
+    sh(theirs, "dvc", "remote", "add", "--local", "-d", "store", str(store))
+    for name in ("before", "after"):
+        sh(theirs, "dvc", "exp", "pull", "-r", "store", "origin", name)
+        sh(theirs, "dvc", "exp", "apply", name)
+        assert md5s(theirs) == expected[name], name

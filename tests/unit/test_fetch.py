@@ -2,6 +2,7 @@
 import csv
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,19 @@ def test_line_separators_inside_json_strings_stay_in_their_row(tmp_path):
     path.write_text(json.dumps({**ROWS[0], "chosen": "good\u2028still good\x85end"}, ensure_ascii=False) + "\n")
     rows, stats = fetched(repo_section("data", source=str(path)), 0)
     assert rows[0]["chosen"][0]["content"] == "good\u2028still good\x85end" and stats["rows_fetched"] == 1
+
+
+def test_relative_source_in_a_queued_experiment_starts_at_the_repository_root(tmp_path):
+    """`dvc exp run --queue` runs in <root>/.dvc/tmp/exps/run/<id>/, a copy of the git-tracked files: a relative
+    data.source missing there is read from <root>; one in the copy is read from the copy."""
+    from rlhf.fetch import local_path
+
+    root = tmp_path / "repo"
+    copy = root / ".dvc/tmp/exps/run/abc123"
+    copy.mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared/pairs.jsonl").write_text("{}\n")
+    (copy / "tracked.jsonl").write_text("{}\n")
+    assert local_path("../shared/pairs.jsonl", cwd=copy).resolve() == (tmp_path / "shared/pairs.jsonl").resolve()
+    assert local_path("tracked.jsonl", cwd=copy) == Path("tracked.jsonl")
+    assert local_path("../shared/pairs.jsonl", cwd=root) == Path("../shared/pairs.jsonl")  # the workspace: as written

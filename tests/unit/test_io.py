@@ -35,3 +35,23 @@ def test_write_json_roundtrip_unicode(tmp_path):
     write_json(tmp_path / "m.json", {"a": "ü’", "b": 1})
     assert read_json(tmp_path / "m.json") == {"a": "ü’", "b": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_only_the_reward_heads_load_report_is_dropped():
+    """transformers' load report (styled as in a log) is dropped when `score.weight` is its only finding, kept when
+    another key is missing or unexpected."""
+    import logging
+
+    from rlhf.io import expected_load_report
+
+    def report(*rows):
+        table = "\n".join(f"{key} | \x1b[31m{status}\x1b[0m | " for key, status in rows)
+        msg = (f"\x1b[1mLlamaForSequenceClassification LOAD REPORT\x1b[0m from: models/base\nKey | Status | \n{table}"
+               "\n\nNotes:\n- MISSING:\tthose params were newly initialized because missing from the checkpoint.")
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, "", 0, msg, None, None)
+
+    assert expected_load_report(report(("score.weight", "MISSING")))
+    assert not expected_load_report(report(("score.weight", "MISSING"), ("model.norm.weight", "MISSING")))
+    assert not expected_load_report(report(("model.layers.0.mlp.up_proj.weight", "MISSING")))
+    assert not expected_load_report(report(("score.weight", "UNEXPECTED"), ("lm_head.weight", "UNEXPECTED")))
+    assert not expected_load_report(logging.LogRecord("x", logging.WARNING, "", 0, "score.weight | MISSING", None, None))
