@@ -5,8 +5,10 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rlhf import report
+from rlhf import align, paths, report
+from conftest import REPO, repo_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,8 +17,9 @@ def run_metrics(win: float, half: float = 0.05, **extra) -> dict:
     """eval.json-like metrics with every key the table reads; interval bounds at win -+ half."""
     metrics = {"gate_passed": True, "kl_policy_sft": 1.0, "length_policy": 14.0, "length_sft": 13.8,
                "oracle_mean_policy": 1.2, "oracle_mean_sft": 0.7}
-    for key in ("oracle_win_rate", "oracle_win_rate_lc", "rm_win_rate", "rm_win_rate_lc"):
-        metrics |= {key: win, f"{key}_ci_low": win - half, f"{key}_ci_high": win + half}
+    for key, rate in (("oracle_win_rate", win), ("oracle_win_rate_lc", win), ("rm_win_rate", 1 - win),
+                      ("rm_win_rate_lc", 1 - win)):  # the reward model ranks the other way: the judge shows
+        metrics |= {key: rate, f"{key}_ci_low": rate - half, f"{key}_ci_high": rate + half}
     for key in ("repetition", "distinct2", "empty_share", "cutoff_share", "fluency_perplexity"):
         metrics |= {f"{key}_policy": 0.1, f"{key}_sft": 0.2}
     return metrics | extra
@@ -98,8 +101,36 @@ def test_render_falls_back_to_the_reward_model_without_an_oracle():
     for e in exps:
         e["metrics"] = {k: v for k, v in e["metrics"].items() if not k.startswith("oracle")}
     rows = table_rows(report.render({"machine": "m", "date": "d", "revision": "r", "experiments": exps}))
-    assert list(rows) == ["kto", "dpo"]
+    assert list(rows) == ["dpo", "kto"]  # reward-model win rates 0.4 and 0.3
     assert rows["kto"][6] == "n/a"
+
+
+class Stop(Exception):
+    pass
+
+
+def test_align_trains_with_align_seed_not_the_top_level_seed(tmp_path, monkeypatch):
+    """make compare's seeds vary the policy alone: every method reads params.seed, which the align stage sets to
+    align.seed."""
+    seen = []
+
+    def method(params, paths, out):
+        seen.append(params.seed)
+        raise Stop
+
+    monkeypatch.setattr(align, "method_runner", lambda name: method)
+    with pytest.raises(Stop):
+        align.run(repo_params({"seed": 5, "align.seed": 7}), paths.layout().under(tmp_path))
+    assert seen == [7]
+
+
+def test_only_align_onwards_reruns_for_a_new_align_seed():
+    """align.seed is in the `align` section, which no stage before align declares, and align does not declare the
+    top-level seed: a seed sweep restores SFT, the reward model, reference and sft_answers from the cache."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = {name: [p for p in stage.get("params", []) if isinstance(p, str)] for name, stage in stages.items()}
+    assert [name for name, keys in declared.items() if "align" in keys or "align.seed" in keys] == ["align"]
+    assert "seed" not in declared["align"]
 
 
 def test_results_page_matches_its_committed_input():
