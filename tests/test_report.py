@@ -2,7 +2,6 @@
 committed input (no DVC experiments needed)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +9,6 @@ import yaml
 from rlhf import align, paths, report
 from conftest import REPO, repo_params
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_metrics(win: float, half: float = 0.05, **extra) -> dict:
@@ -136,7 +134,8 @@ def test_only_align_onwards_reruns_for_a_new_align_seed():
 def test_results_page_matches_its_committed_input():
     """docs/results.md is what `python -m rlhf.report --render` writes from metrics/experiments.json: regenerate it
     with that command (or `make report` after `make compare`) rather than editing it."""
-    record = json.loads((ROOT / report.INPUT).read_text())
-    assert (ROOT / report.OUTPUT).read_text() == report.render(record)
+    assert (REPO / report.INPUT).exists(), f"{report.INPUT} is missing: run `make compare` then `make report`"
+    record = json.loads((REPO / report.INPUT).read_text())
+    assert (REPO / report.OUTPUT).read_text() == report.render(record)
     assert not any(math.isnan(v) for e in record["experiments"] for v in e["metrics"].values()
                    if isinstance(v, float))
