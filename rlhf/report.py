@@ -36,10 +36,13 @@ Z95 = 1.959964
 
 def experiments(show: list[dict]) -> tuple[list[dict], str | None]:
     """The `<method>-seed<k>` experiments in `dvc exp show --json` output, as {name, method, seed, metrics}, sorted,
-    and the git revision they were run from (their baseline commit). Failed or queued runs have no metrics: skipped."""
+    and the git revision they were run from (their baseline commit). Failed or queued runs have no metrics, and a
+    running one shows the workspace's metrics, not its own: both skipped."""
     found, baseline = [], None
     for commit in show:
         for exp_range in commit.get("experiments") or []:
+            if (exp_range.get("executor") or {}).get("state", "success") != "success":
+                continue
             for exp in exp_range["revs"]:
                 match = NAME.match(exp.get("name") or "")
                 data = exp.get("data") or {}

@@ -41,7 +41,9 @@ def test_experiments_keeps_compare_runs_with_metrics():
                 {"revs": [show_entry("kto-seed1", "kto", 1, {"oracle_win_rate": 0.5})]},
                 {"revs": [show_entry("dpo-seed0", "dpo", 0, {"oracle_win_rate": 0.6})]},
                 {"revs": [show_entry("beta-sweep", "dpo", 0, {"oracle_win_rate": 0.7})]},  # not make compare's
-                {"revs": [show_entry("orpo-seed0", "orpo", 0, None)]}]}]  # failed: no metrics
+                {"revs": [show_entry("orpo-seed0", "orpo", 0, None)]},  # failed: no metrics
+                {"revs": [show_entry("ppo-seed0", "ppo", 0, {"oracle_win_rate": 0.8})],  # the workspace's metrics
+                 "executor": {"state": "running", "name": "workspace"}}]}]
     found, baseline = report.experiments(show)
     assert [(e["name"], e["method"], e["seed"]) for e in found] == [("dpo-seed0", "dpo", 0), ("kto-seed1", "kto", 1)]
     assert found[0]["metrics"] == {"oracle_win_rate": 0.6}
