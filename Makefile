@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup repro exp show release test test-slow test-all plots compare lock clean-venv
+.PHONY: setup repro exp show release test test-slow test-all plots compare report lock clean-venv
 
 setup: $(STAMP)
 
@@ -59,17 +59,25 @@ test-all: $(STAMP)
 plots: $(STAMP)
 	python -m rlhf.plots --out plots
 
-# Every alignment method as a DVC experiment on the same data, then the comparison table and plots/ with one
-# labelled point per experiment on the reward-against-KL frontier.
+# Every alignment method x SEEDS align seeds (align.seed 0..SEEDS-1; SFT, the reward model, reference and sft_answers
+# come from the cache) as DVC experiments named <method>-seed<k>, then the table (mean +- sd over seeds, intervals)
+# and plots/ with one labelled point per method (seed 0) on the reward-against-KL frontier. Queued experiments start
+# from the committed baseline params (BASELINE restores them first, as `make exp`). Seed by seed, so that a stopped
+# run has compared every method.
 METHODS := dpo orpo ppo simpo kto grpo
 HEADLINE := oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy
-SHOW := dvc exp show --no-pager --md --drop '.*' --keep '^Experiment$$|$(HEADLINE)'
+SEEDS := 3
 compare: $(STAMP)
 	@$(BASELINE)
-	for m in $(METHODS); do dvc exp run --queue --name $$m -S method=$$m; done
+	for s in $$(seq 0 $$(($(SEEDS) - 1))); do for m in $(METHODS); do \
+	  dvc exp run --queue --name $$m-seed$$s -S method=$$m -S align.seed=$$s; done; done
 	dvc exp run --run-all --jobs 1
-	$(SHOW)
-	python -m rlhf.plots --out plots $(METHODS)
+	python -m rlhf.report
+	python -m rlhf.plots --out plots $(addsuffix -seed0,$(METHODS))
+
+# docs/results.md and its committed input metrics/experiments.json, from make compare's experiments and the machine
+report: $(STAMP)
+	python -m rlhf.report --write
 
 # Re-resolve the whole dependency set from requirements.in into requirements.lock.
 lock:

@@ -1,6 +1,7 @@
 """align: the alignment method chosen by `method`, looked up by name, and the stage's own before/after check.
 
 Each method lives in rlhf/methods/<name>.py and exposes the same `run` (see rlhf/methods/__init__.py)."""
+import dataclasses
 import importlib
 import statistics
 
@@ -68,6 +69,9 @@ def run(params, paths) -> None:
     """The align stage: the policy's adapter, tokenizer and align.json (method, starting point, provenance) in
     paths.policy; paths.align_metrics has the method's own training metrics and, on a built-in task, the mean oracle
     reward of SFT and policy samples on validation prompts."""
+    # Every method reads params.seed: here it is align.seed, so that a multi-seed comparison varies the policy's
+    # training alone (the stage does not declare the top-level seed; SFT and the reward model stay cached).
+    params = dataclasses.replace(params, seed=params.align.seed)
     run_method = method_runner(params.method)
     check_processes(params)
     check_checkpointing(params)

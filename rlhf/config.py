@@ -260,6 +260,7 @@ class PPO:
 @dataclass
 class Align:
     # The align stage's own before/after check on validation prompts (the evaluate stage measures in full).
+    seed: int  # the align stage's seed in place of the top-level one, so a seed sweep reuses SFT and the reward model
     oracle_eval_prompts: int = field(metadata=_range(1))
     max_new_tokens: int = field(metadata=_range(1))
     temperature: float = field(metadata=_range(0.0, low_open=True))
