@@ -273,10 +273,10 @@ def test_kl_penalty_pulls_the_policy_back_to_the_reference(tiny_trained):
     rollout() calls it; the KL would then grow) and a flipped policy-gradient sign."""
     params, tokenizer, prompts, model, value_head, optimizer = tiny_policy(tiny_trained, learning_rate=1e-2)
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
+    with torch.no_grad():  # a push of 0.1 gives a KL of about 6 on the held-out-split tiny models (0.3: about 7, and
+        for name, weight in model.named_parameters():  # 5 iterations at this learning rate do not bring it back)
             if "lora_B" in name:
-                weight.normal_(0, 0.3)
+                weight.normal_(0, 0.1)
     kls = []
     for iteration in range(1, 6):
         batch = prompts[(iteration - 1) * 8: iteration * 8]
