@@ -25,8 +25,8 @@ def test_dvc_repro_with_a_local_qwen2_model(tmp_path):
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    assert ran(sh(root, "dvc", "repro")) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "reference",
-                                             "sft_answers", "align", "evaluate", "export"]
+    assert ran(sh(root, "dvc", "repro")) == ["check", "fetch", "prepare", "base", "tokenize", "sft", "reward",
+                                             "reference", "sft_answers", "align", "evaluate", "export"]
     weights = json.loads((root / "models/base/base.json").read_text())["weights"]
     assert weights["kind"] == "local" and weights["path"] == str(folder.resolve())
     from datasets import load_from_disk

@@ -60,8 +60,8 @@ def repo(tmp_path_factory):
     """A git + DVC copy of the project with small data and a short pretraining, after one full `dvc repro`."""
     root = scratch_repo(tmp_path_factory.mktemp("pipeline"), TINY)
     first = sh(root, "dvc", "repro")
-    assert ran(first) == ["fetch", "prepare", "base", "tokenize", "sft", "reward", "reference", "sft_answers", "align",
-                          "evaluate", "export"]
+    assert ran(first) == ["check", "fetch", "prepare", "base", "tokenize", "sft", "reward", "reference", "sft_answers",
+                          "align", "evaluate", "export"]
     return root
 
 
@@ -105,8 +105,8 @@ def test_lora_param_reruns_sft_and_reward(repo):
 
 def test_method_switch_reruns_only_align(repo):
     """reference and sft_answers (the SFT side of DPO and of evaluate) come from the cache."""
-    set_params(repo, method="orpo")
-    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate", "export"]
+    set_params(repo, method="orpo")  # check validates the new value (a second) and leaves fetch alone
+    assert ran(sh(repo, "dvc", "repro")) == ["check", "align", "evaluate", "export"]
     assert json.loads((repo / "metrics/align.json").read_text())["method"] == "orpo"
 
 

@@ -61,7 +61,7 @@ def test_rerun_from_scratch_gives_identical_metrics(origin, tmp_path):
     clone = tmp_path / "scratch"
     sh(tmp_path, "git", "clone", "-q", str(origin), str(clone))
     forced = sh(clone, "dvc", "repro", "--force")  # no pull: every stage runs again here
-    assert ran(forced)[0] == "fetch" and ran(forced)[-1] == "export"
+    assert ran(forced)[0] == "check" and ran(forced)[-1] == "export"
     assert metrics(clone) == metrics(origin)
 
 
@@ -70,7 +70,7 @@ def test_experiment_travels_with_exp_push_and_pull(origin, tmp_path):
     sh(tmp_path, "git", "clone", "-q", str(origin), str(mine))
     sh(mine, "dvc", "pull")
     run = sh(mine, "dvc", "exp", "run", "-n", "try-orpo", "-S", "method=orpo")
-    assert ran(run) == ["align", "evaluate", "export"]
+    assert ran(run) == ["check", "align", "evaluate", "export"]
     diff = json.loads(sh(mine, "dvc", "metrics", "diff", "HEAD", "try-orpo", "--json", "--all").stdout)
     assert "oracle_mean_policy" in diff["metrics/eval.json"] and "method" not in diff["metrics/eval.json"]
     assert diff["metrics/eval.json"]["kl_policy_sft"]["new"] != diff["metrics/eval.json"]["kl_policy_sft"]["old"]
