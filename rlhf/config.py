@@ -277,7 +277,7 @@ class Gate:
     max_repetition: float | None = field(metadata=_range(0.0, 1.0))
     max_empty_share: float | None = field(metadata=_range(0.0, 1.0))
     max_cutoff_share: float | None = field(metadata=_range(0.0, 1.0))
-    min_distinct2: float | None = field(metadata=_range(0.0, 1.0))
+    min_distinct2_ratio: float | None = field(metadata=_range(0.0))
 
 
 @dataclass

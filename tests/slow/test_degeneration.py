@@ -9,7 +9,7 @@ from tests.stages.test_evaluate import evaluated  # noqa: F401 (a fixture)
 
 def test_a_policy_trained_into_collapse_fails_the_degeneration_gate(evaluated, tiny_trained, tmp_path_factory):
     """DPO at a learning rate 1000 times the tiny default collapses the policy onto a few tokens (measured: distinct-2
-    0.96 -> 0.26). eval.gate's min_distinct2 catches it, and the default-trained policy (`evaluated`) passes. The
+    0.96 -> 0.26). eval.gate's min_distinct2_ratio (against SFT's distinct-2) catches it, and the default-trained policy (`evaluated`) passes. The
     within-answer repetition measure does not: the collapsed policy samples its ~20 tokens at random, so 4-grams
     rarely repeat inside one 32-token answer (repetition 0.011), which is why the gate also checks distinct-2."""
     gate = config.load(evaluated / "params.yaml").eval.gate
@@ -18,8 +18,9 @@ def test_a_policy_trained_into_collapse_fails_the_degeneration_gate(evaluated, t
                      **{"eval.num_prompts": 12, "eval.num_samples": 3, "dpo.learning_rate": 0.5, "dpo.max_steps": 10})
     evaluate_stages(work)
     collapsed = json.loads((work / "metrics/eval.json").read_text())
-    keys = ("distinct2_sft", "distinct2_policy", "repetition_policy", "gate_distinct2_policy", "gate_passed")
+    keys = ("distinct2_sft", "distinct2_policy", "repetition_policy", "gate_distinct2_ratio", "gate_passed")
     summary = {k: (default.get(k), collapsed.get(k)) for k in keys}
-    assert default["distinct2_policy"] >= gate.min_distinct2 and default["gate_distinct2_policy"], summary
-    assert collapsed["distinct2_policy"] < gate.min_distinct2, summary
-    assert collapsed["gate_distinct2_policy"] is False and collapsed["gate_passed"] is False, summary
+    assert default["distinct2_policy"] / default["distinct2_sft"] >= gate.min_distinct2_ratio, summary
+    assert default["gate_distinct2_ratio"], summary
+    assert collapsed["distinct2_policy"] / collapsed["distinct2_sft"] < gate.min_distinct2_ratio, summary
+    assert collapsed["gate_distinct2_ratio"] is False and collapsed["gate_passed"] is False, summary
