@@ -159,7 +159,7 @@ def test_teammate_gets_experiments_made_before_and_after_dvc_remote_add(tmp_path
     """The README's teammate section, command for command. The DVC remote lives in .dvc/config.local (`dvc remote add
     --local`), which no commit carries: an experiment's commit holds the .dvc/config of its time, so a remote added to
     the project config after an experiment was unknown to that experiment's `dvc exp push` (issue 23)."""
-    from test_workflow import MAKE, make_copy
+    from tests.slow.test_workflow import MAKE, make_copy
 
     store = tmp_path / "dvc-store"
     sh(tmp_path, "git", "init", "-q", "--bare", "-b", "main", "origin.git")  # HEAD on main: a clone checks it out
