@@ -20,8 +20,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Into a log (stderr not a terminal), progress bars redraw every 30 s instead of 10 times a second: tqdm reads
 # TQDM_MININTERVAL (tqdm >= 4.66), and the datasets and transformers bars are tqdm's.
+# Afterwards, rlhf.paths deletes what a killed run left beside the outputs (a stage sweeps only the folder it writes,
+# and a repro that DVC serves wholly from its run cache runs no stage).
 repro: $(STAMP)
 	if [ -t 2 ]; then dvc repro; else TQDM_MININTERVAL=30 dvc repro; fi
+	python -m rlhf.paths
 
 # Every experiment starts from the committed params.yaml: `dvc exp run` leaves an experiment's params in the
 # workspace, so a second `dvc exp run -S ...` would silently stack on the first. BASELINE puts the committed file
@@ -33,6 +36,7 @@ BASELINE := git diff --quiet HEAD -- params.yaml || { echo "params.yaml: restori
 exp: $(STAMP)
 	@$(BASELINE)
 	dvc exp run $(ARGS)
+	python -m rlhf.paths
 
 # The experiments table for a laptop screen: the params that differ between rows, `method`, and the headline metrics.
 # Plain `dvc exp show` lists every key of params.yaml (about 200): DVC shows the default params file whole.

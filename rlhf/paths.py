@@ -61,6 +61,17 @@ def from_command_line(description: str, argv: list[str] | None = None) -> Paths:
     return Paths(**vars(parser.parse_args(argv)))
 
 
+def clear_stale_outputs(paths: Paths) -> None:
+    """Delete dead runs' temporary folders beside every stage output. Each stage sweeps the folder it writes into
+    (rlhf.io.clear_stale), but when DVC restores every stage from its run cache no stage runs, so a killed run's
+    half-written folder would stay: `make repro` and `make exp` call this after DVC (`python -m rlhf.paths`)."""
+    from rlhf.io import clear_stale
+
+    for folder in sorted({Path(path).parent for path in dataclasses.asdict(paths).values()}):
+        if folder.is_dir():
+            clear_stale(folder)
+
+
 def interpolate(text: str) -> str:
     """`text` (dvc.yaml) with every ${paths.<name>} replaced by its path, as DVC's templating does: for the tests and
     benchmarks that read dvc.yaml."""
@@ -68,3 +79,7 @@ def interpolate(text: str) -> str:
 
     paths = {name: str(path) for name, path in dataclasses.asdict(layout()).items()}
     return re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], text)
+
+
+if __name__ == "__main__":
+    clear_stale_outputs(layout())

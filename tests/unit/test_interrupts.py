@@ -89,3 +89,19 @@ def test_ctrl_c_prints_one_line_and_stops_the_workers(tmp_path):
     time.sleep(1)
     assert not [pid for pid in workers if alive(pid)]
     assert not list(tmp_path.glob(".out.tmp-*")) and not (tmp_path / "out").exists()
+
+
+def test_clear_stale_outputs_sweeps_beside_every_output_even_when_no_stage_ran(tmp_path):
+    """A run DVC restores wholly from its run cache runs no stage, so no stage sweeps; `python -m rlhf.paths` (which
+    `make repro` and `make exp` call after DVC) deletes dead runs' temp folders beside every output."""
+    from rlhf import paths
+
+    layout = paths.layout().under(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [layout.policy.parent / f".policy.tmp-{dead.pid}-x", layout.sft_live.parent / f".sft.tmp-{dead.pid}-y"]
+    live = layout.policy.parent / f".policy.tmp-{os.getpid()}-z"
+    for folder in stale + [live]:
+        folder.mkdir(parents=True)
+    paths.clear_stale_outputs(layout)
+    assert not [f for f in stale if f.exists()] and live.exists()
