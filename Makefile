@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup repro exp show release test test-slow test-all plots compare report lock clean-venv
+.PHONY: setup repro exp show release test test-slow test-all plots compare study report lock clean-venv
 
 setup: $(STAMP)
 
@@ -67,17 +67,24 @@ plots: $(STAMP)
 # come from the cache) as DVC experiments named <method>-seed<k>, then the table (mean +- sd over seeds, intervals)
 # and plots/ with one labelled point per method (seed 0) on the reward-against-KL frontier. Queued experiments start
 # from the committed baseline params (BASELINE restores them first, as `make exp`). Seed by seed, so that a stopped
-# run has compared every method.
-METHODS := dpo orpo ppo simpo kto grpo
+# run has compared every method; an experiment that already exists (same name, same baseline commit) is not rerun.
+METHODS := $(shell $(BIN)/python -c "from rlhf.config import METHODS; print(*METHODS)" 2>/dev/null)
 HEADLINE := oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy
 SEEDS := 3
-compare: $(STAMP)
-	@$(BASELINE)
-	for s in $$(seq 0 $$(($(SEEDS) - 1))); do for m in $(METHODS); do \
-	  dvc exp run --queue --name $$m-seed$$s -S method=$$m -S align.seed=$$s; done; done
-	dvc exp run --run-all --jobs 1
-	python -m rlhf.report
+compare: STUDY := methods
+compare: study
 	python -m rlhf.plots --out plots $(addsuffix -seed0,$(METHODS))
+
+# One study of rlhf/report.py's STUDIES x SEEDS align seeds: make study STUDY=ensemble (GRPO with one reward model
+# against an ensemble of 4 and the conservative reward) or STUDY=online (on-policy DPO rounds against offline DPO).
+# Its table joins docs/results.md at the next `make report`.
+study: $(STAMP)
+	@$(BASELINE)
+	python -m rlhf.report --plan $(STUDY) --seeds $(SEEDS) | while read -r name settings; do \
+	  dvc exp run --queue --name $$name $$settings; done
+	dvc exp run --run-all --jobs 1
+	python -m rlhf.paths
+	python -m rlhf.report
 
 # docs/results.md and its committed input metrics/experiments.json, from make compare's experiments and the machine
 report: $(STAMP)

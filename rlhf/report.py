@@ -1,13 +1,15 @@
-"""The method comparison table of docs/results.md, generated from `make compare`'s experiments, never typed by hand.
+"""The tables of docs/results.md, generated from `make compare`'s and `make study`'s experiments, never typed by hand.
 
-    python -m rlhf.report            # print the table of the experiments `make compare` ran (from dvc exp show)
+    python -m rlhf.report            # print the tables of the experiments run so far (from dvc exp show)
     python -m rlhf.report --write    # also write metrics/experiments.json (the input) and docs/results.md (make report)
     python -m rlhf.report --render   # docs/results.md again from the committed metrics/experiments.json, no DVC
+    python -m rlhf.report --plan ensemble --seeds 3   # the experiments a study still needs: `name -S ...` lines
 
-`collect` reads `dvc exp show --json` and keeps, of every experiment named `<method>-seed<k>` (as `make compare`
-names them), its method, align.seed and metrics/eval.json, with the machine, date and git revision. That record is
-committed, so the check that docs/results.md matches it needs no DVC experiments (tests/test_report.py). `render`
-turns the record into markdown; the rest are pure formatting functions.
+An experiment is named `<arm>-seed<k>`: an arm is a method (`make compare`: dpo, orpo, ...) or one side of a study
+(STUDIES: e.g. grpo_ensemble, GRPO with an ensemble of reward models), run with align.seed k. `collect` reads
+`dvc exp show --json` and keeps, of every such experiment, its arm, method, align.seed and metrics/eval.json, with the
+machine, date and git revision. That record is committed, so the check that docs/results.md matches it needs no DVC
+experiments (tests/unit/test_report.py). `render` turns the record into markdown; the rest are pure formatting.
 
 Two kinds of noise, reported apart: `± sd` is the spread over align seeds (training), the bracket is the 95% interval
 over prompts that evaluate writes for each run (which prompts happened to be in validation), averaged over seeds.
@@ -24,18 +26,39 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rlhf.config import METHODS
 from rlhf.io import UserError
 
 INPUT = Path("metrics/experiments.json")
 OUTPUT = Path("docs/results.md")
-NAME = re.compile(r"^(?P<method>[a-z]+)-seed(?P<seed>\d+)$")  # make compare's experiment names
+NAME = re.compile(r"^(?P<arm>[a-z][a-z0-9_]*)-seed(?P<seed>\d+)$")  # <arm>-seed<k>, as make compare / study name them
 Z95 = 1.959964
+
+# The studies `make study STUDY=<name>` runs: arm -> its `dvc exp run -S` settings over the baseline params. An arm
+# that is a plain method is the same experiment as make compare's (same name), so it is run once for both.
+STUDIES = {
+    "methods": {"title": "Methods against SFT", "arms": {m: [f"method={m}"] for m in METHODS}},
+    "ensemble": {
+        "title": "GRPO: one reward model against an ensemble of 4 with the conservative reward",
+        "text": ("GRPO trained against one reward model, and against an ensemble of 4 (members differing by seed and "
+                 "bootstrap sample) whose reward is the members' mean minus their std (`grpo.rewards.aggregate: "
+                 "mean_minus_std`, coefficient 1). Same steps, same held-out prompts, judged by the oracle and by the "
+                 "single reward model of the baseline. The gap is the reward-model win rate minus the oracle win "
+                 "rate: the over-optimisation an ensemble is meant to shrink."),
+        "arms": {"grpo": ["method=grpo"],
+                 "grpo_ensemble": ["method=grpo", "reward.ensemble.size=4", "grpo.rewards.aggregate=mean_minus_std"]}},
+    "online": {
+        "title": "On-policy DPO rounds against offline DPO",
+        "text": ("Offline DPO on the dataset's pairs, and DPO rounds on pairs of the policy's own answers judged by "
+                 "the reward model (best against worst per prompt), with the same total optimizer steps."),
+        "arms": {"dpo": ["method=dpo"], "online_dpo": ["method=online_dpo"]}},
+}
 
 
 # -- collecting the record (DVC, git, the machine)
 
 def experiments(show: list[dict]) -> tuple[list[dict], str | None]:
-    """The `<method>-seed<k>` experiments in `dvc exp show --json` output, as {name, method, seed, metrics}, sorted,
+    """The `<arm>-seed<k>` experiments in `dvc exp show --json` output, as {name, arm, method, seed, metrics}, sorted,
     and the git revision they were run from (their baseline commit). Failed or queued runs have no metrics, and a
     running one shows the workspace's metrics, not its own: both skipped."""
     found, baseline = [], None
@@ -50,10 +73,19 @@ def experiments(show: list[dict]) -> tuple[list[dict], str | None]:
                 if not match or not metrics:
                     continue
                 params = data["params"]["params.yaml"]["data"]
-                found.append({"name": exp["name"], "method": params["method"], "seed": params["align"]["seed"],
-                              "date": data.get("timestamp"), "metrics": metrics})
+                found.append({"name": exp["name"], "arm": match["arm"], "method": params["method"],
+                              "seed": params["align"]["seed"], "date": data.get("timestamp"), "metrics": metrics})
                 baseline = commit["rev"]
-    return sorted(found, key=lambda e: (e["method"], e["seed"])), baseline
+    return sorted(found, key=lambda e: (e["arm"], e["seed"])), baseline
+
+
+def plan(study: str, seeds: int, existing: set[str]) -> list[str]:
+    """`<name> -S k=v ...` for each experiment of `study` x align seeds 0..seeds-1 not already in `existing`."""
+    if study not in STUDIES:
+        raise UserError(f"unknown study {study!r}; the studies are: {', '.join(STUDIES)}.")
+    return [f"{arm}-seed{seed} " + " ".join(f"-S {s}" for s in [*settings, f"align.seed={seed}"])
+            for seed in range(seeds) for arm, settings in STUDIES[study]["arms"].items()
+            if f"{arm}-seed{seed}" not in existing]
 
 
 def machine() -> str:
@@ -76,7 +108,7 @@ def collect(rev: str | None) -> dict:
         raise UserError(f"`dvc exp show --json` failed: {done.stderr.strip()} Run it from the repository root.")
     found, baseline = experiments(json.loads(done.stdout))
     if not found:
-        raise UserError("dvc exp show lists no finished experiment named <method>-seed<k>: run `make compare` first "
+        raise UserError("dvc exp show lists no finished experiment named <arm>-seed<k>: run `make compare` first "
                         "(or pass --rev with the commit the experiments were run from).")
     dates = [e.pop("date") for e in found]
     return {"machine": machine(), "date": max(d for d in dates if d)[:10] if any(dates) else
@@ -111,17 +143,23 @@ def inside_noise(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
+def arm(e: dict) -> str:
+    """An experiment's arm (records written before studies existed carry only its name)."""
+    return e.get("arm") or NAME.match(e["name"])["arm"]
+
+
 def summarize(exps: list[dict], judge: str) -> list[dict]:
-    """One row per method, best mean `<judge>_win_rate` first, with the values of each key over its seeds."""
-    methods = {}
+    """One row per arm, best mean `<judge>_win_rate` first, with the values of each key over its seeds (keys that
+    every seed has)."""
+    arms = {}
     for e in exps:
-        methods.setdefault(e["method"], []).append(e["metrics"])
+        arms.setdefault(arm(e), []).append(e["metrics"])
     rows = []
-    for method, runs in methods.items():
-        values = {key: [run[key] for run in runs] for key in runs[0]}
+    for name, runs in arms.items():
+        values = {key: [run[key] for run in runs] for key in runs[0] if all(key in run for run in runs)}
         key = f"{judge}_win_rate"
         interval = noise_interval(values[key], values[f"{key}_ci_low"], values[f"{key}_ci_high"])
-        rows.append({"method": method, "seeds": len(runs), "values": values, "interval": interval})
+        rows.append({"method": name, "seeds": len(runs), "values": values, "interval": interval})
     return sorted(rows, key=lambda r: -statistics.fmean(r["values"][f"{judge}_win_rate"]))
 
 
@@ -166,11 +204,42 @@ def degeneration_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def study_table(rows: list[dict], judge: str) -> list[str]:
+    """A study's arms side by side: win rates under the judge and the reward model, their gap, KL, length and, where
+    the runs report it, the reward models' disagreement on the policy's answers."""
+    uncertain = all("rm_std_policy" in r["values"] for r in rows)
+    lines = [f"| arm | seeds | {judge} win rate vs SFT | reward-model win rate | gap (reward model - {judge}) "
+             "| KL(policy \\|\\| SFT) | answer length |" + (" ensemble std, policy (SFT) |" if uncertain else ""),
+             "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if uncertain else "")]
+    for row in rows:
+        v = row["values"]
+        gap = [r - j for r, j in zip(v["rm_win_rate"], v[f"{judge}_win_rate"])] if judge != "rm" else [0.0]
+        line = (f"| {row['method']} | {row['seeds']} | {rate_cell(v, f'{judge}_win_rate')} "
+                f"| {rate_cell(v, 'rm_win_rate')} | {pm(gap)} | {pm(v['kl_policy_sft'], 2)} "
+                f"| {pm(v['length_policy'], 1)} |")
+        if uncertain:
+            line += f" {pm(v['rm_std_policy'])} ({statistics.fmean(v['rm_std_sft']):.3f}) |"
+        lines.append(line)
+    return lines
+
+
+def studies(exps: list[dict], judge: str) -> list[str]:
+    """A section per study of STUDIES (but the method comparison) whose arms all have runs."""
+    lines = []
+    for name, study in STUDIES.items():
+        chosen = [e for e in exps if arm(e) in study["arms"]]
+        if name == "methods" or {arm(e) for e in chosen} != set(study["arms"]):
+            continue
+        lines += ["", f"## {study['title']}", "", study["text"], f"`make study STUDY={name}`.", "",
+                  *study_table(summarize(chosen, judge), judge)]
+    return lines
+
+
 def render(record: dict) -> str:
     """docs/results.md from the committed record."""
     exps = record["experiments"]
     judge = "oracle" if all("oracle_win_rate" in e["metrics"] for e in exps) else "rm"
-    rows = summarize(exps, judge)
+    rows = summarize([e for e in exps if arm(e) in METHODS], judge)
     first = exps[0]["metrics"]
     head = [
         "# Results",
@@ -197,7 +266,7 @@ def render(record: dict) -> str:
     ]
     tail = ["", "## Degeneration (policy answers)", "",
             "Mean ± sd over seeds; the SFT row is the same in every run.", ""]
-    return "\n".join(head + method_table(rows, judge) + tail + degeneration_table(rows)) + "\n"
+    return "\n".join(head + method_table(rows, judge) + tail + degeneration_table(rows) + studies(exps, judge)) + "\n"
 
 
 def main() -> None:
@@ -205,8 +274,15 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"write {INPUT} and {OUTPUT}")
     parser.add_argument("--render", action="store_true", help=f"write {OUTPUT} from the committed {INPUT}, no DVC")
     parser.add_argument("--rev", help="the commit the experiments were run from (dvc exp show --rev); default HEAD")
+    parser.add_argument("--plan", metavar="STUDY", help=f"print the experiments to queue: {', '.join(STUDIES)}")
+    parser.add_argument("--seeds", type=int, default=3, help="align seeds per arm, for --plan")
     args = parser.parse_args()
     try:
+        if args.plan:
+            listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], capture_output=True,
+                                    text=True).stdout.split()
+            print("\n".join(plan(args.plan, args.seeds, set(listed))))
+            return
         record = json.loads(INPUT.read_text()) if args.render else collect(args.rev)
         text = render(record)
         if args.write:

@@ -23,8 +23,9 @@ def run_metrics(win: float, half: float = 0.05, **extra) -> dict:
     return metrics | extra
 
 
-def exp(method: str, seed: int, win: float, **extra) -> dict:
-    return {"name": f"{method}-seed{seed}", "method": method, "seed": seed, "metrics": run_metrics(win, **extra)}
+def exp(method: str, seed: int, win: float, arm: str | None = None, **extra) -> dict:
+    return {"name": f"{arm or method}-seed{seed}", "arm": arm or method, "method": method, "seed": seed,
+            "metrics": run_metrics(win, **extra)}
 
 
 def show_entry(name, method, seed, metrics) -> dict:
@@ -45,7 +46,8 @@ def test_experiments_keeps_compare_runs_with_metrics():
                 {"revs": [show_entry("ppo-seed0", "ppo", 0, {"oracle_win_rate": 0.8})],  # the workspace's metrics
                  "executor": {"state": "running", "name": "workspace"}}]}]
     found, baseline = report.experiments(show)
-    assert [(e["name"], e["method"], e["seed"]) for e in found] == [("dpo-seed0", "dpo", 0), ("kto-seed1", "kto", 1)]
+    assert [(e["name"], e["arm"], e["method"], e["seed"]) for e in found] == [("dpo-seed0", "dpo", "dpo", 0),
+                                                                             ("kto-seed1", "kto", "kto", 1)]
     assert found[0]["metrics"] == {"oracle_win_rate": 0.6}
     assert baseline == "abcdef0123"
 
@@ -103,6 +105,36 @@ def test_render_falls_back_to_the_reward_model_without_an_oracle():
     rows = table_rows(report.render({"machine": "m", "date": "d", "revision": "r", "experiments": exps}))
     assert list(rows) == ["dpo", "kto"]  # reward-model win rates 0.4 and 0.3
     assert rows["kto"][6] == "n/a"
+
+
+def test_plan_queues_each_arm_and_seed_once():
+    """A study's experiments, seed by seed, with the arm's settings and align.seed; names that exist are skipped."""
+    lines = report.plan("ensemble", 2, existing={"grpo-seed0"})
+    assert lines == [
+        "grpo_ensemble-seed0 -S method=grpo -S reward.ensemble.size=4 -S grpo.rewards.aggregate=mean_minus_std "
+        "-S align.seed=0",
+        "grpo-seed1 -S method=grpo -S align.seed=1",
+        "grpo_ensemble-seed1 -S method=grpo -S reward.ensemble.size=4 -S grpo.rewards.aggregate=mean_minus_std "
+        "-S align.seed=1"]
+    assert all(line.split()[0].startswith(m) for line, m in zip(report.plan("methods", 1, set()), report.METHODS))
+    with pytest.raises(report.UserError, match="unknown study"):
+        report.plan("ensembles", 1, set())
+
+
+def test_a_study_gets_its_table_once_all_its_arms_ran():
+    """grpo at oracle 0.5 (reward model 0.5: gap 0) and grpo_ensemble at 0.6 (reward model 0.4: gap -0.2); the study
+    table sits below the method table, which lists methods only."""
+    exps = [exp("grpo", s, 0.5, rm_std_policy=0.1, rm_std_sft=0.05) for s in (0, 1)]
+    record = {"machine": "m", "date": "d", "revision": "r", "experiments": exps}
+    assert "## GRPO: one reward model" not in report.render(record)  # one arm only: no study yet
+    exps += [exp("grpo", s, 0.6, arm="grpo_ensemble", rm_std_policy=0.3, rm_std_sft=0.05) for s in (0, 1)]
+    text = report.render(record)
+    assert list(table_rows(text)) == ["grpo"]
+    study = text.split("## GRPO: one reward model")[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in study.splitlines() if line.startswith("| grpo")}
+    assert rows["grpo_ensemble"][4] == "-0.200 ± 0.000" and rows["grpo"][4] == "0.000 ± 0.000"
+    assert rows["grpo_ensemble"][7] == "0.300 ± 0.000 (0.050)"
 
 
 class Stop(Exception):
