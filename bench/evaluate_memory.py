@@ -54,6 +54,8 @@ def run(work: Path, before: str, quick: bool) -> dict:
     old = code_at(before, work / "before")
     results = {}
     for label, code in (("before", old), ("after", REPO)):
+        # each commit's own params.yaml (the config rejects keys it does not know) with the same settings
+        config.write_with_overrides(code / "params.yaml", root / "params.yaml", {**STEPS, "model.name": str(folder)})
         cmd = pipeline.stages(code)["evaluate"]["cmd"]  # each commit's own command line, on the same layout
         results[label] = pipeline.timed(cmd, root, root / f"evaluate-{label}.log", pythonpath=code)
         results[label]["metrics"] = read_json(root / pipeline.first_out(stages["evaluate"], "metrics"))
