@@ -13,7 +13,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "params.md"
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>\w+):(?P<rest>.*)$")
-CONTINUATION_COLUMN = 20  # a comment-only line starting further right continues the key above; nearer, it heads the next
+# A comment-only line starting at this column or further right continues the key above; nearer, it heads the next.
+CONTINUATION_COLUMN = 20
 
 HEADER = """# Params reference
 

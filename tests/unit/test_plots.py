@@ -101,7 +101,8 @@ def test_series_are_named_in_words_and_the_reward_axis_names_its_judge(tmp_path,
     judge = plots.judge_of(drawn)
     assert judge == "oracle"
     specs = {title: plots.readable(spec, judge) for title, spec in drawn.items()}
-    legend = {title: spec["encoding"].get("strokeDash", {}).get("scale", {}).get("domain") for title, spec in specs.items()}
+    legend = {title: spec["encoding"].get("strokeDash", {}).get("scale", {}).get("domain")
+              for title, spec in specs.items()}
     assert sorted(legend["SFT loss (train, validation)"]) == ["train", "validation"]
     assert sorted(legend["Alignment preference accuracy (train, validation)"]) == ["train", "validation"]
     assert sorted(legend["Reward distribution of SFT and policy answers (validation prompts)"]) == ["SFT", "policy"]
