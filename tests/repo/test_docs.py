@@ -65,11 +65,25 @@ def test_every_file_path_a_page_names_exists(page):
     assert not missing, f"{page.relative_to(REPO)} names paths that do not exist: {missing}"
 
 
+def anchors(page) -> set[str]:
+    """The heading anchors GitHub makes for a page: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_link_to_a_page_or_file_resolves(page):
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text_of(page))
-    missing = [link for link in links if "://" not in link and not (page.parent / link).exists()]
-    assert not missing, f"{page.relative_to(REPO)} links to missing files: {missing}"
+    """Relative links reach a file, and a link's #anchor a heading of the page it names."""
+    links = re.findall(r"\]\(([^)\s]*)\)", text_of(page))
+    broken = []
+    for link in links:
+        target, _, anchor = link.partition("#")
+        if "://" in target:
+            continue
+        path = page.parent / target if target else page
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
+            broken.append(link)
+    assert not broken, f"{page.relative_to(REPO)} has broken links: {broken}"
 
 
 def make_targets() -> set[str]:
