@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup repro exp show release test test-slow test-all plots compare study report lock clean-venv
+.PHONY: setup repro exp show release preset docs test test-slow test-all plots compare study report lock clean-venv
 
 setup: $(STAMP)
 
@@ -48,6 +48,16 @@ show: $(STAMP)
 # export.on_failed_gate: fail in the workspace's params.yaml, which a release branch may commit.
 release: $(STAMP)
 	dvc exp run -S export.on_failed_gate=fail
+
+# Write a preset's values (configs/$(PRESET).yaml) into params.yaml, printing each change: make preset PRESET=real-model.
+# Commit params.yaml to make it the baseline that `make exp` restores.
+PRESET := real-model
+preset: $(STAMP)
+	python -m rlhf.preset configs/$(PRESET).yaml
+
+# The generated params reference, docs/params.md, from params.yaml's comments (tests/unit/test_docs.py checks it).
+docs: $(STAMP)
+	python -m rlhf.docs --write
 
 test: $(STAMP)
 	python -m pytest

@@ -135,7 +135,8 @@ def main():
     parser.add_argument("--out", type=Path, default=REPO / "metrics/bench.json")
     args = parser.parse_args()
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
-    section = {"code": str(args.code), "git": subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.code,
+    # which checkout ran, without its machine path: the commit says what the code was
+    section = {"code": "this checkout" if args.code.resolve() == REPO.resolve() else "another checkout (--code)", "git": subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.code,
                                                             capture_output=True, text=True).stdout.strip(),
                "device": machine.device(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="rlhf-scale-") as tmp:

@@ -213,6 +213,8 @@ def compare(params, data: dict, steps: int | dict, repeats: int, work: Path, bat
             runs["sft_trl_grouped"].append(isolated(trl_sft, sft_params, data["prepared"], data["weights"], work,
                                                     "group_by_length"))
     sft_dir = data["sft"] or runs["sft_ours"][-1]["adapter"]
+    for run in runs["sft_ours"]:  # a temporary folder's path: used above, meaningless (and machine-specific) in the JSON
+        run.pop("adapter")
     result = {"steps": steps, "repeats": repeats, "sft": summary(runs["sft_ours"], runs["sft_trl"]),
               "dpo": dpo_precomputed_reference(params, {**data, "sft": sft_dir}, steps["dpo"], repeats, work, batch)}
     if grouping:

@@ -6,6 +6,10 @@
 DVC fills its vega-lite templates with the data (`dvc plots show --json`, or `dvc plots diff --json` for several
 revisions); vl-convert, which bundles the vega renderer, draws each one with no browser and no network. DVC's own
 HTML loads vega from a CDN, so offline it shows an empty page. Next to the PNGs, index.html shows them all.
+
+Axis titles come from dvc.yaml (`x_label`, `y_label`); what DVC's templates cannot say, `readable` adds: series named
+in words ("train", "validation", "SFT", "policy") instead of file names such as `eval/loss.tsv`, and which reward the
+reward axes show (the oracle on a built-in task, otherwise the reward model; the evaluate stage records it).
 """
 import argparse
 import html
@@ -39,6 +43,63 @@ def specs(revisions: list[str]) -> tuple[dict[str, dict], dict[str, str]]:
     return drawn, {title: why for title, why in skipped.items() if title not in drawn}
 
 
+# Series that are not a train/validation pair, by the field DVC read them from.
+WORDS = {"sft": "SFT", "policy": "policy", "score": "PPO score", "reward": "GRPO reward", "policy_loss": "policy loss",
+         "value_loss": "value loss"}
+JUDGES = {"oracle": "oracle reward", "reward_model": "reward-model score"}
+
+
+def series_name(value: str, domain: list[str]) -> str:
+    """A series' legend entry in words: `eval/<key>.tsv` is "validation" and its partner "train"; otherwise the
+    field's name (`score.tsv::score` -> "PPO score", `sft` -> "SFT")."""
+    if value.startswith("eval/"):
+        return "validation"
+    if any(other.startswith("eval/") for other in domain):
+        return "train"
+    field = value.split("::")[-1].removesuffix(".tsv").rsplit("/", 1)[-1]
+    return WORDS.get(field, field.replace("_", " "))
+
+
+def readable(spec: dict, judge: str | None) -> dict:
+    """A filled vega-lite spec with its series named in words, a one-run colour legend dropped, and "reward" in the
+    title of an axis of the evaluation's `reward` field made the judge's name (changed in place and returned)."""
+    encoding = spec.get("encoding", {})
+    dash = encoding.get("strokeDash")
+    if dash and "scale" in dash:
+        domain = dash["scale"]["domain"]
+        names = {value: series_name(value, domain) for value in domain}
+        dash["scale"]["domain"] = [names[v] for v in domain]
+        dash["legend"] = {**dash.get("legend", {}), "title": None}
+        for row in spec["data"]["values"]:
+            row[dash["field"]] = names.get(row[dash["field"]], row[dash["field"]])
+    color = encoding.get("color", {})
+    if len(color.get("scale", {}).get("domain", [])) == 1:
+        color["legend"] = None  # the workspace alone: its name says nothing
+    for part in encodings(spec) if judge else []:  # every layer's: vega-lite joins differing titles with commas
+        for axis in ("x", "y"):
+            title = part.get(axis, {}).get("title")
+            if part.get(axis, {}).get("field") == "reward" and isinstance(title, str) and title.startswith("reward"):
+                part[axis]["title"] = title.replace("reward", JUDGES.get(judge, judge), 1)
+    return spec
+
+
+def encodings(spec: dict) -> list[dict]:
+    """The `encoding` of a spec and of all its layers, nested ones included."""
+    found = [spec["encoding"]] if "encoding" in spec else []
+    for layer in spec.get("layer", []):
+        found += encodings(layer)
+    return found
+
+
+def judge_of(drawn: dict[str, dict]) -> str | None:
+    """Which reward the evaluation plots show, as the evaluate stage recorded it in the frontier's data."""
+    for spec in drawn.values():
+        for row in spec.get("data", {}).get("values", []):
+            if isinstance(row, dict) and "judge" in row:
+                return row["judge"]
+    return None
+
+
 def slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:80]
 
@@ -48,6 +109,8 @@ def render(out: str | Path, revisions: list[str]) -> dict:
     import vl_convert
 
     drawn, skipped = specs(revisions)
+    judge = judge_of(drawn)
+    drawn = {title: readable(spec, judge) for title, spec in drawn.items()}
     files = {}
     with atomic_dir(out) as tmp:
         for title, spec in drawn.items():

@@ -141,13 +141,27 @@ def open_live(live_dir: str | Path):
         return None
 
 
+def step_callback(live):
+    """transformers' DVCLiveCallback, writing each point at the trainer's optimizer step (`global_step`). The stock
+    callback writes DVCLive's own counter, one per log call (0 to 22 for an ORPO run of 171 steps, and eval points
+    counted in), so curves of methods with other logging or eval intervals did not share an x axis. A replayed log
+    history entry (rlhf.resuming) carries its own `step`."""
+    from transformers.integrations import DVCLiveCallback
+
+    class OptimizerStepDVCLiveCallback(DVCLiveCallback):
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            logs = dict(logs or {})
+            self.live.step = logs.pop("step", state.global_step)
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    return OptimizerStepDVCLiveCallback(live=live)
+
+
 def trackers(tracking, live_dir: str | Path) -> tuple[list[str], list]:
     """(report_to, callbacks): DVCLive into `live_dir`, plus offline-capable wandb when tracking.wandb is on.
     A missing or unreachable backend never stops a run."""
-    from transformers.integrations import DVCLiveCallback
-
     live = open_live(live_dir)
-    callbacks = [DVCLiveCallback(live=live)] if live is not None else []
+    callbacks = [step_callback(live)] if live is not None else []
     report_to = []
     if tracking.wandb:
         try:

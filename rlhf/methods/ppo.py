@@ -103,9 +103,13 @@ def sft_sample_stats(model, reward_fn, tokenizer, prompts, section, seed: int) -
     return {"score_mean": raw.mean().item(), "score_std": raw.std().item()}
 
 
-def log(live, metrics: dict) -> None:
-    for name, value in metrics.items():
-        live.log_metric(name, value)
+def log(live, entry: dict) -> None:
+    """One point of every curve, at the entry's `step`: the optimizer steps taken so far, the x axis of the
+    Trainer-based methods' curves too (rlhf.train.step_callback), so that methods compare on one axis."""
+    live.step = entry["step"]
+    for name, value in entry.items():
+        if name != "step":
+            live.log_metric(name, value)
     live.next_step()
 
 
@@ -165,6 +169,7 @@ def run(params, paths, out):
         log(live, entry)
 
     # -- train: sample, score, update, adapt the KL coefficient; log and checkpoint
+    updates_per_iteration = section.ppo_epochs * -(-section.rollout_batch_size // section.mini_batch_size)
     start = time.time()
     bar = tqdm(range(state["iteration"] + 1, section.num_iterations + 1), desc="ppo", initial=state["iteration"],
                total=section.num_iterations)
@@ -179,9 +184,9 @@ def run(params, paths, out):
         metrics = {k: round(v, 6) for k, v in (sampled._asdict() | updated._asdict()).items()}
         bar.set_postfix(score=metrics["score"], kl=metrics["kl"])
         if iteration % section.logging_steps == 0 or iteration == section.num_iterations:
-            history.append(metrics)
+            history.append({**metrics, "step": iteration * updates_per_iteration})
             if live is not None:
-                log(live, metrics)
+                log(live, history[-1])
         if iteration % section.save_steps == 0:
             save_checkpoint(Path(checkpoints) / f"iter-{iteration}", model, critic, value_head, optimizer,
                             {"iteration": iteration, "kl_coef": kl_coef, "history": history})
@@ -191,5 +196,6 @@ def run(params, paths, out):
         live.end()
 
     save(Path(out), model, critic, value_head, tokenizer=tokenizer)
-    return {**history[-1], "iterations": section.num_iterations, "train_seconds": round(wall, 2),
+    last = {k: v for k, v in history[-1].items() if k != "step"}
+    return {**last, "iterations": section.num_iterations, "train_seconds": round(wall, 2),
             "lora_r": lora.r, "lora_alpha": lora.lora_alpha}, model

@@ -23,3 +23,27 @@ def test_ratio_is_ours_over_trl():
     result = trainers.summary(ours, trl)
     assert (result["ours_steps_per_second"], result["trl_steps_per_second"], result["ours_over_trl_ratio"]) == \
         (2.0, 2.5, 0.8)
+
+
+def test_committed_bench_json_holds_no_machine_paths():
+    """metrics/bench.json is committed and read on other machines: no value may be an absolute path of the machine
+    that ran it (a checkout's folder, a temporary run folder); the git commit says which code ran."""
+    import json
+    import re
+
+    from tests.conftest import REPO
+
+    def strings(node):
+        if isinstance(node, dict):
+            for value in node.values():
+                yield from strings(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from strings(value)
+        elif isinstance(node, str):
+            yield node
+
+    for path in (REPO / "metrics").glob("bench*.json"):
+        machine_path = re.compile(r"(^|[\s'\"(=])/(tmp|work|home|root|Users|var)/")
+        found = [s for s in strings(json.loads(path.read_text())) if machine_path.search(s)]
+        assert not found, f"{path.name} holds machine paths: {found[:3]}"

@@ -407,6 +407,12 @@ def test_smoke_metrics_and_outputs(smoke):
     assert not (root / "checkpoints/ppo-smoke/iter-3").exists()  # save_steps 2
     for name in ("kl", "approx_kl", "value_clip_fraction", "ratio_max"):  # diagnostics sit with the curves
         assert (root / f"dvclive/ppo-smoke/plots/metrics/{name}.tsv").read_text().count("\n") == 1 + 3, name
+    # the curves' x axis is the optimizer step, as for the Trainer-based methods: ppo_epochs * ceil(rollouts /
+    # mini batch) updates per iteration, so iterations 1, 2, 3 sit at that multiple
+    updates = params.ppo.ppo_epochs * -(-params.ppo.rollout_batch_size // params.ppo.mini_batch_size)
+    steps = [int(line.split("\t")[0]) for line in
+             (root / "dvclive/ppo-smoke/plots/metrics/kl.tsv").read_text().splitlines()[1:]]
+    assert updates > 1 and steps == [updates, 2 * updates, 3 * updates]
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # training moved the adapter off its zero init
 

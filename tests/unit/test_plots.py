@@ -80,3 +80,55 @@ def test_a_missing_revision_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="dvc exp show"):
         plots.render(tmp_path / "plots", ["no-such-experiment-xyz"])
     assert not (tmp_path / "plots").exists()
+
+
+def test_every_plot_has_axis_titles_and_curves_run_on_the_optimizer_step():
+    for definition in DEFINITIONS:
+        title, spec = next(iter(definition.items()))
+        assert spec.get("x_label") and spec.get("y_label"), f"{title}: axis titles (x_label, y_label) in dvc.yaml"
+        if spec["x"] == "step":
+            assert spec["x_label"] == "optimizer step", title
+    hist = next(spec for d in DEFINITIONS for t, spec in d.items() if t.startswith("Reward distribution"))
+    assert hist["y_label"] == "answers"
+
+
+def test_series_are_named_in_words_and_the_reward_axis_names_its_judge(tmp_path, monkeypatch):
+    """Drawn from a workspace holding every curve: a train/validation pair's legend says "train" and "validation",
+    the histogram's "SFT" and "policy", PPO's score "PPO score"; no file name reaches a legend. The reward axes say
+    "oracle reward" when the evaluation judged with the oracle."""
+    monkeypatch.chdir(workspace_with_every_curve(tmp_path / "project"))
+    drawn, _ = plots.specs([])
+    judge = plots.judge_of(drawn)
+    assert judge == "oracle"
+    specs = {title: plots.readable(spec, judge) for title, spec in drawn.items()}
+    legend = {title: spec["encoding"].get("strokeDash", {}).get("scale", {}).get("domain")
+              for title, spec in specs.items()}
+    assert sorted(legend["SFT loss (train, validation)"]) == ["train", "validation"]
+    assert sorted(legend["Alignment preference accuracy (train, validation)"]) == ["train", "validation"]
+    assert sorted(legend["Reward distribution of SFT and policy answers (validation prompts)"]) == ["SFT", "policy"]
+    assert sorted(legend["Policy reward on its own samples (PPO score, GRPO reward)"]) == ["GRPO reward", "PPO score"]
+    for title, spec in specs.items():
+        field = spec["encoding"].get("strokeDash", {}).get("field")
+        assert not field or not any(".tsv" in str(row[field]) for row in spec["data"]["values"]), title
+    hist = specs["Reward distribution of SFT and policy answers (validation prompts)"]
+    assert {e["x"]["title"] for e in plots.encodings(hist) if "x" in e} == {"oracle reward of an answer"}
+    frontier = next(spec for title, spec in specs.items() if title.startswith("Reward against KL"))
+    assert frontier["encoding"]["y"]["title"].startswith("oracle reward")
+
+
+def test_dvclive_points_sit_at_the_optimizer_step(tmp_path):
+    """The Trainer's DVCLive callback writes each point at state.global_step (the stock one writes its own log
+    counter: 0, 1, 2, ...), and a replayed log-history entry (a resumed run) at the step it carries."""
+    from types import SimpleNamespace
+
+    from rlhf import train
+
+    live = train.open_live(tmp_path / "live")
+    callback = train.step_callback(live)
+    args = SimpleNamespace(to_dict=lambda: {})
+    for global_step, logs in ((10, {"loss": 1.0}), (20, {"loss": 0.5}), (20, {"loss": 0.7, "step": 5})):
+        state = SimpleNamespace(global_step=global_step, is_world_process_zero=True)
+        callback.on_log(args, state, None, logs=logs)
+    rows = (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in rows[1:]] == ["10", "20", "5"]
+    assert not (tmp_path / "live/plots/metrics/step.tsv").exists()
