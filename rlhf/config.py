@@ -212,6 +212,17 @@ class KTO(Training):
 
 
 @dataclass
+class Rewards:
+    # How an RL method (grpo, rloo, ppo, online_dpo) turns an answer into its reward: the reward model's normalized
+    # score (its ensemble combined by `aggregate`) times `reward_model`, plus each named function times its weight
+    # (rlhf/rewards.py).
+    reward_model: float = field(metadata=_range(0.0))
+    aggregate: Literal["mean", "mean_minus_std", "min"]
+    uncertainty_coef: float = field(metadata=_range(0.0))
+    functions: dict[str, float]
+
+
+@dataclass
 class GRPO:
     # trl.GRPOConfig field names, except oracle_reward (ours).
     learning_rate: float = field(metadata=_range(0.0, low_open=True))
@@ -415,9 +426,9 @@ def _convert(hint, value, key: str, path: Path):
             raise _type_error(key, value, "null", path)
         return None
     if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise _type_error(key, value, "a mapping of strings to strings", path)
-        return dict(value)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(key, value, f"a mapping of strings to {_plural(args[1])}", path)
+        return {k: _convert(args[1], v, f"{key}.{k}", path) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(v, args[0]) for v in value):
             raise _type_error(key, value, f"a list of {_type_name(args[0])}", path)
@@ -455,6 +466,10 @@ def _type_name(hint) -> str:
     if typing.get_origin(hint) is Literal:
         return " or ".join(map(repr, typing.get_args(hint)))
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(hint) -> str:
+    return {str: "strings", float: "numbers", int: "integers", bool: "true/false values"}.get(hint, _type_name(hint))
 
 
 def _type_error(key: str, value, expected: str, path: Path) -> ConfigError:
