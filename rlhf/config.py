@@ -20,7 +20,7 @@ import yaml
 
 from rlhf.io import UserError
 
-METHODS = ("dpo", "orpo", "ppo", "simpo", "kto", "grpo")
+METHODS = ("dpo", "orpo", "ppo", "simpo", "kto", "grpo", "online_dpo")
 # Column names the formats in rlhf/formats.py read; data.columns maps them to a dataset's own names.
 COLUMN_ROLES = ("id", "prompt", "chosen", "rejected", "response_a", "response_b", "winner",
                 "conversations", "conversation_a", "conversation_b")
@@ -223,6 +223,21 @@ class Rewards:
 
 
 @dataclass
+class OnlineDPO(Training):
+    # trl.DPOConfig field names for each round's training (max_steps and num_train_epochs count per round), plus ours:
+    # the rounds of sampling from the policy and judging with the reward model (rlhf/methods/online_dpo.py).
+    beta: float = field(metadata=_range(0.0, low_open=True))
+    loss_type: str | list[str]
+    rounds: int = field(metadata=_range(1))
+    samples_per_prompt: int = field(metadata=_range(2))
+    prompts_per_round: int | None = field(metadata=_range(1))
+    max_new_tokens: int = field(metadata=_range(1))
+    temperature: float = field(metadata=_range(0.0, low_open=True))
+    min_margin: float = field(metadata=_range(0.0))
+    rewards: Rewards
+
+
+@dataclass
 class GRPO:
     # trl.GRPOConfig field names, except oracle_reward (ours).
     learning_rate: float = field(metadata=_range(0.0, low_open=True))
@@ -336,6 +351,7 @@ class Params:
     simpo: SimPO
     kto: KTO
     grpo: GRPO
+    online_dpo: OnlineDPO
     eval: Eval
     export: Export
     tracking: Tracking
