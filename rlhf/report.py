@@ -28,7 +28,7 @@ from rlhf.io import UserError
 
 INPUT = Path("metrics/experiments.json")
 OUTPUT = Path("docs/results.md")
-NAME = re.compile(r"^(?P<method>[a-z_]+)-seed(?P<seed>\d+)$")  # make compare's experiment names
+NAME = re.compile(r"^(?P<method>[a-z]+)-seed(?P<seed>\d+)$")  # make compare's experiment names
 Z95 = 1.959964
 
 
