@@ -20,11 +20,13 @@ def method_runner(name: str):
 
 
 def check_processes(params) -> None:
-    """Our PPO loop is plain PyTorch, not an accelerate-ready trainer: it runs in one process."""
+    """Our PPO loop is plain PyTorch, not an accelerate-ready trainer, and online_dpo's sampling and judging between
+    its trainers' rounds is ours too: they run in one process."""
     several = params.compute.num_processes > 1 or params.compute.accelerate_config is not None
-    if params.method == "ppo" and several:
-        raise UserError("method ppo trains in one process (its loop is ours, not an accelerate trainer), but compute "
-                        "asks for several. Set compute.num_processes: 1 and compute.accelerate_config: null for ppo.")
+    if params.method in ("ppo", "online_dpo") and several:
+        raise UserError(f"method {params.method} trains in one process (its loop is ours, not an accelerate trainer), "
+                        "but compute asks for several. Set compute.num_processes: 1 and compute.accelerate_config: "
+                        f"null for {params.method}.")
 
 
 def check_checkpointing(params) -> None:

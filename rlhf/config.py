@@ -20,7 +20,7 @@ import yaml
 
 from rlhf.io import UserError
 
-METHODS = ("dpo", "orpo", "ppo", "simpo", "kto", "grpo")
+METHODS = ("dpo", "orpo", "ppo", "simpo", "kto", "grpo", "online_dpo")
 # Column names the formats in rlhf/formats.py read; data.columns maps them to a dataset's own names.
 COLUMN_ROLES = ("id", "prompt", "chosen", "rejected", "response_a", "response_b", "winner",
                 "conversations", "conversation_a", "conversation_b")
@@ -212,6 +212,32 @@ class KTO(Training):
 
 
 @dataclass
+class Rewards:
+    # How an RL method (grpo, rloo, ppo, online_dpo) turns an answer into its reward: the reward model's normalized
+    # score (its ensemble combined by `aggregate`) times `reward_model`, plus each named function times its weight
+    # (rlhf/rewards.py).
+    reward_model: float = field(metadata=_range(0.0))
+    aggregate: Literal["mean", "mean_minus_std", "min"]
+    uncertainty_coef: float = field(metadata=_range(0.0))
+    functions: dict[str, float]
+
+
+@dataclass
+class OnlineDPO(Training):
+    # trl.DPOConfig field names for each round's training (max_steps and num_train_epochs count per round), plus ours:
+    # the rounds of sampling from the policy and judging with the reward model (rlhf/methods/online_dpo.py).
+    beta: float = field(metadata=_range(0.0, low_open=True))
+    loss_type: str | list[str]
+    rounds: int = field(metadata=_range(1))
+    samples_per_prompt: int = field(metadata=_range(2))
+    prompts_per_round: int | None = field(metadata=_range(1))
+    max_new_tokens: int = field(metadata=_range(1))
+    temperature: float = field(metadata=_range(0.0, low_open=True))
+    min_margin: float = field(metadata=_range(0.0))
+    rewards: Rewards
+
+
+@dataclass
 class GRPO:
     # trl.GRPOConfig field names, except oracle_reward (ours).
     learning_rate: float = field(metadata=_range(0.0, low_open=True))
@@ -325,6 +351,7 @@ class Params:
     simpo: SimPO
     kto: KTO
     grpo: GRPO
+    online_dpo: OnlineDPO
     eval: Eval
     export: Export
     tracking: Tracking
@@ -415,9 +442,9 @@ def _convert(hint, value, key: str, path: Path):
             raise _type_error(key, value, "null", path)
         return None
     if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise _type_error(key, value, "a mapping of strings to strings", path)
-        return dict(value)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(key, value, f"a mapping of strings to {_plural(args[1])}", path)
+        return {k: _convert(args[1], v, f"{key}.{k}", path) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(v, args[0]) for v in value):
             raise _type_error(key, value, f"a list of {_type_name(args[0])}", path)
@@ -455,6 +482,10 @@ def _type_name(hint) -> str:
     if typing.get_origin(hint) is Literal:
         return " or ".join(map(repr, typing.get_args(hint)))
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(hint) -> str:
+    return {str: "strings", float: "numbers", int: "integers", bool: "true/false values"}.get(hint, _type_name(hint))
 
 
 def _type_error(key: str, value, expected: str, path: Path) -> ConfigError:

@@ -57,17 +57,23 @@ def resume_point(checkpoints: str | Path, inputs: list, prefix: str = "checkpoin
     key = fingerprint(inputs, **sections)
     run_file = checkpoints / RUN_FILE
     same_run = run_file.is_file() and read_json(run_file).get("fingerprint") == key
-    found = [c for c in complete_checkpoints(checkpoints, prefix) if not finished(c)] if same_run else []
+    if is_main_process() and not same_run:
+        if checkpoints.exists():
+            print(f"checkpoints: discarding {checkpoints} (written with other params, inputs or code)")
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.mkdir(parents=True)
+        write_json(run_file, {"fingerprint": key})
+    return newest_complete(checkpoints, prefix) if same_run else None
+
+
+def newest_complete(checkpoints: str | Path, prefix: str = "checkpoint-") -> str | None:
+    """The newest complete checkpoint under `checkpoints` (a folder `resume_point` has checked) that is not the last
+    step of its run, or None; the others are deleted (by the main process)."""
+    found = [c for c in complete_checkpoints(checkpoints, prefix) if not finished(c)]
     if is_main_process():
-        if not same_run:
-            if checkpoints.exists():
-                print(f"checkpoints: discarding {checkpoints} (written with other params, inputs or code)")
-            shutil.rmtree(checkpoints, ignore_errors=True)
-            checkpoints.mkdir(parents=True)
-            write_json(run_file, {"fingerprint": key})
-        for folder in checkpoints.glob(f"{prefix}*"):
+        for folder in Path(checkpoints).glob(f"{prefix}*"):
             if folder.is_dir() and folder not in found:
-                shutil.rmtree(folder)  # half-written by a run that died while saving
+                shutil.rmtree(folder)  # half-written by a run that died while saving, or a run's last step
     if found:
         print(f"checkpoints: resuming from {found[-1]}")
         return str(found[-1])

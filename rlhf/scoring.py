@@ -1,5 +1,7 @@
 """Batched forward passes that later stages measure with: completion log-probabilities under a causal LM, and
 reward-model scores. Pure functions of (model, token ids); no training state."""
+from typing import NamedTuple
+
 import torch
 
 
@@ -49,16 +51,47 @@ def reward_scores(model, sequences: list[list[int]], pad_id: int, batch_size: in
     return torch.cat(out)
 
 
+class Scores(NamedTuple):
+    """A reward model's (or ensemble's) scores of B answers. One member: std is 0 and members has one column."""
+    raw: torch.Tensor         # (B,) raw head outputs, averaged over the members
+    normalized: torch.Tensor  # (B,) mean over members of each member's score normalized by its own validation stats
+    std: torch.Tensor         # (B,) the members' disagreement: std (population) of their normalized scores
+    members: torch.Tensor     # (B, k) each member's normalized score
+
+
+def ensemble_scores(raw: torch.Tensor, stats: list[dict]) -> Scores:
+    """Scores from the members' raw outputs `raw` (B, k), member j normalized with stats[j] (score_mean,
+    score_std of its validation pairs), so that members on different scales weigh alike."""
+    mean = torch.tensor([s["score_mean"] for s in stats], dtype=raw.dtype)
+    std = torch.tensor([s["score_std"] for s in stats], dtype=raw.dtype)
+    members = (raw - mean) / std
+    return Scores(raw.mean(1), members.mean(1), members.std(1, correction=0), members)
+
+
+def aggregate(scores: Scores, how: str, coef: float) -> torch.Tensor:
+    """The reward an RL method optimizes, (B,): `mean` the members' normalized mean; `mean_minus_std` the mean minus
+    coef * std, and `min` the lowest member, the conservative rewards of uncertainty-weighted optimization (Coste et
+    al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization", eq. 4 and 3): answers the members disagree on
+    are worth less."""
+    if how == "mean":
+        return scores.normalized
+    if how == "mean_minus_std":
+        return scores.normalized - coef * scores.std
+    if how == "min":
+        return scores.members.min(1).values
+    raise ValueError(f"unknown aggregate {how!r}")
+
+
 def reward_function(scorer, stats: dict, tokenizer, turn_end: tuple[int, list[int]], batch_size: int):
-    """(raw, normalized) reward-model scores of prompt + answer, both (B,). `turn_end` is `base.end_of_turn`: the
+    """`Scores` of prompt + answer by the reward model. `turn_end` is `base.end_of_turn`: the
     token that ends an answer and what the chat template writes after it (ChatML: <|im_end|>, then a newline).
     Answers that ended get that appended, as every answer the reward model was trained on had it. The model reads
     the last token: scored at a bare <|im_end|>, the built-in task's reward model separated validation pairs 4 times
     less and tracked the oracle far worse (correlation 0.53 instead of 0.87 on SFT samples)."""
     end, suffix = turn_end
 
-    def score(prompts: list[list[int]], answers: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(prompts: list[list[int]], answers: list[list[int]]) -> Scores:
         ended = [a + suffix if a[-1:] == [end] else a for a in answers]
         raw = reward_scores(scorer, [p + a for p, a in zip(prompts, ended)], tokenizer.pad_token_id, batch_size)
-        return raw, (raw - stats["score_mean"]) / stats["score_std"]
+        return ensemble_scores(raw[:, None], [stats])
     return score

@@ -31,6 +31,9 @@ TINY = {  # small enough for a few seconds per stage on 2 cores
     "grpo.max_completion_length": 8, "grpo.logging_steps": 1,
     "ppo.num_iterations": 2, "ppo.rollout_batch_size": 8, "ppo.mini_batch_size": 4, "ppo.ppo_epochs": 1,
     "ppo.max_new_tokens": 8,
+    "online_dpo.rounds": 2, "online_dpo.samples_per_prompt": 3, "online_dpo.prompts_per_round": 16,
+    "online_dpo.max_new_tokens": 8, "online_dpo.min_margin": 0.0, "online_dpo.max_steps": 2,
+    "online_dpo.logging_steps": 1, "online_dpo.eval_steps": 2, "online_dpo.save_steps": 1,
     "export.on_failed_gate": "export",  # a few steps do not make a policy that passes eval.gate; gate tests set it
 }
 

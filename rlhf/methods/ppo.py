@@ -99,7 +99,7 @@ def sft_sample_stats(model, reward_fn, tokenizer, prompts, section, seed: int) -
     with model.disable_adapter():
         answers = generation.generate(model, prompts, tokenizer, section.max_new_tokens, section.temperature,
                                       seed=seed)
-    raw, _ = reward_fn(prompts, answers)
+    raw = reward_fn(prompts, answers).raw
     return {"score_mean": raw.mean().item(), "score_std": raw.std().item()}
 
 

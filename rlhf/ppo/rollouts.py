@@ -113,7 +113,7 @@ def rollout(model, critic, value_head, reward_fn, tokenizer, prompts: list[list[
     """Sample answers, score them, and compute everything the update needs."""
     device = next(model.parameters()).device
     answers = generation.generate(model, prompts, tokenizer, section.max_new_tokens, section.temperature, seed=seed)
-    score, normalized = reward_fn(prompts, answers)
+    score, normalized = reward_fn(prompts, answers)[:2]
     stops = generation.stop_ids(tokenizer)  # the template's end of turn (and EOS): what an ended answer ends with
     ended = torch.tensor([bool(a) and a[-1] in stops for a in answers], device=device)
     normalized = normalized.to(device)

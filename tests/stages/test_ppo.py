@@ -206,8 +206,9 @@ def test_reward_function_scores_ended_answers_with_the_turn_end():
     (9-1)/2 = 4, (7-1)/2 = 3."""
     tokenizer = SimpleNamespace(pad_token_id=0)
     score = scoring.reward_function(LastTokenScorer(), {"score_mean": 1.0, "score_std": 2.0}, tokenizer, (2, [9]), 8)
-    raw, normalized = score([[1, 2], [3]], [[5, 2], [6, 7]])
+    raw, normalized, std, members = score([[1, 2], [3]], [[5, 2], [6, 7]])
     assert raw.tolist() == [9, 7] and normalized.tolist() == [4, 3]
+    assert std.tolist() == [0, 0] and members.tolist() == [[4], [3]]
 
 
 # -- behaviour on the tiny model: rollout and update ----------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_unknown_top_level_key(params_file):
     ("data.on_bad_rows", "ignore", r"data\.on_bad_rows = 'ignore' is not allowed; choose one of: error, skip"),
     ("method", "dpoo", r"method = 'dpoo' is not allowed; choose one of: dpo, orpo, ppo"),
     ("data.builtin.label_noise", 0.7, r"data\.builtin\.label_noise = 0\.7 is out of range"),
-    ("data.columns", {"prompt": 3}, r"data\.columns = .* expected a mapping of strings to strings"),
+    ("data.columns", {"prompt": 3}, r"data\.columns\.prompt = 3 has the wrong type; expected a string"),
     ("data.columns", {"promt": "q"}, r"data\.columns has unknown key\(s\) \['promt'\]"),
     ("tokenize.overlong", "cut", r"tokenize\.overlong = 'cut' is not allowed"),
     ("prepare.validation_size", 1.0, r"prepare\.validation_size = 1\.0 is a fraction and must be below 1"),
