@@ -64,7 +64,7 @@ plots: $(STAMP)
 # and plots/ with one labelled point per method (seed 0) on the reward-against-KL frontier. Queued experiments start
 # from the committed baseline params (BASELINE restores them first, as `make exp`). Seed by seed, so that a stopped
 # run has compared every method.
-METHODS := dpo orpo ppo simpo kto grpo
+METHODS := dpo orpo ppo simpo kto grpo rloo
 HEADLINE := oracle_mean|oracle_win_rate|rm_win_rate|kl_policy_sft|length_policy|implicit_accuracy
 SEEDS := 3
 compare: $(STAMP)
