@@ -71,14 +71,11 @@ def builtin(name: str, section: str, tokenizer, source: str, limit: int):
                             f"builtin:...): data.source = {source!r} has no oracle. Remove oracle from the functions "
                             "or write a verifiable reward of your own in rewards/.")
         return oracle(task, tokenizer)
-    if name == "length_penalty":
-        return length_penalty(limit)
-    if name == "ends_with_eot":
-        return ends_with_eot(tokenizer)
-    return repetition_penalty()
+    return {"length_penalty": lambda: length_penalty(limit), "ends_with_eot": lambda: ends_with_eot(tokenizer),
+            "repetition_penalty": repetition_penalty}[name]()
 
 
-BUILTINS = REWARD_FUNCTIONS  # the names config.py checks params.yaml against; `builtin` handles each of them
+BUILTINS = REWARD_FUNCTIONS  # the names config.py checks params.yaml against; `builtin` handles each (tested)
 
 
 # -- user functions -------------------------------------------------------------------------------------------------
