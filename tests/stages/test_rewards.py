@@ -68,3 +68,4 @@ def test_the_length_penalty_reaches_ppo_rollouts(tiny_trained):
     assert lengths.unique().numel() > 1
     torch.testing.assert_close(experience.returns[:, 0], -2 * lengths / params.ppo.max_new_tokens)
     assert metrics.score_normalized == pytest.approx((-2 * lengths / params.ppo.max_new_tokens).mean().item())
+
