@@ -1,8 +1,8 @@
 """RLOO (REINFORCE Leave-One-Out; Kool et al., 2019; Ahmadian et al., 2024) with TRL's RLOOTrainer:
-`rloo.num_generations` sampled answers per prompt, each one's advantage its reward minus the mean reward of the others (the KL to the
-reference, weight `rloo.beta`, is part of the reward). Rewarded as GRPO is, by `rloo.rewards` (rlhf/rewards.py: the
-reward model and reward functions, weighted, as TRL's reward_funcs and reward_weights). Starts from the SFT model with
-a new LoRA adapter; the reference is the same weights with the adapter disabled."""
+`rloo.num_generations` sampled answers per prompt, each one's advantage its reward minus the mean reward of the
+others (the KL to the reference, weight `rloo.beta`, is part of the reward). Rewarded as GRPO is, by `rloo.rewards`
+(rlhf/rewards.py: the reward model and reward functions, weighted, as TRL's reward_funcs and reward_weights). Starts
+from the SFT model with a new LoRA adapter; the reference is the same weights with the adapter disabled."""
 from trl import RLOOConfig, RLOOTrainer
 
 from rlhf import generation, models, rewards, tokenize, train
