@@ -21,6 +21,6 @@ def test_rloo_runs_end_to_end_and_its_changes_rerun_align_onward(tmp_path):
     set_params(repo, rloo__rewards__functions={"rewards.example:polite": 0.5})
     assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate", "export"]
     assert "rewards_rewards_example_polite_mean" in json.loads((repo / "metrics/align.json").read_text())
-    with open(repo / "rewards/example.py", "a") as module:
-        module.write("\n# an edit to a user reward function\n")
-    assert ran(sh(repo, "dvc", "repro")) == ["align", "evaluate", "export"]
+    with open(repo / "rewards/example.py", "a") as module:  # a comment: align reruns, and trains the same policy
+        module.write("\n# an edit to a user reward function\n")  # byte for byte, so evaluate and export stay cached
+    assert ran(sh(repo, "dvc", "repro")) == ["align"]
