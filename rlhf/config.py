@@ -20,7 +20,9 @@ import yaml
 
 from rlhf.io import UserError
 
-METHODS = ("dpo", "orpo", "ppo", "simpo", "kto", "grpo", "online_dpo")
+METHODS = ("dpo", "orpo", "ppo", "simpo", "kto", "grpo", "rloo", "online_dpo")
+# The built-in reward functions of rlhf/rewards.py, by the names params.yaml gives them (`<method>.rewards.functions`).
+REWARD_FUNCTIONS = ("oracle", "length_penalty", "ends_with_eot", "repetition_penalty")
 # Column names the formats in rlhf/formats.py read; data.columns maps them to a dataset's own names.
 COLUMN_ROLES = ("id", "prompt", "chosen", "rejected", "response_a", "response_b", "winner",
                 "conversations", "conversation_a", "conversation_b")
@@ -219,7 +221,23 @@ class Rewards:
     reward_model: float = field(metadata=_range(0.0))
     aggregate: Literal["mean", "mean_minus_std", "min"]
     uncertainty_coef: float = field(metadata=_range(0.0))
-    functions: dict[str, float]
+    functions: dict[str, float]  # a built-in's name (REWARD_FUNCTIONS) or "rewards.<module>:<function>", to a weight
+
+
+def check_rewards(rewards: Rewards, section: str) -> None:
+    """Raise a ConfigError naming `<section>.rewards` if it rewards nothing or names a function that cannot exist
+    (importing a user's function waits for the stage: rlhf/rewards.py)."""
+    if rewards.reward_model == 0 and not any(rewards.functions.values()):
+        raise ConfigError(f"params.yaml: {section}.rewards gives no reward: reward_model is 0 and no function has a "
+                          f"non-zero weight. Set {section}.rewards.reward_model above 0 (the trained reward model) or "
+                          f"add a function to {section}.rewards.functions, e.g. {{oracle: 1.0}}.")
+    for name in rewards.functions:
+        if name not in REWARD_FUNCTIONS and ":" not in name:
+            close = difflib.get_close_matches(name, REWARD_FUNCTIONS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"params.yaml: {section}.rewards.functions names {name!r}, which is neither a built-in "
+                              f"reward function ({', '.join(REWARD_FUNCTIONS)}) nor a function of your own written "
+                              f"as \"rewards.<module>:<function>\" (in the project's rewards/ folder).{hint}")
 
 
 @dataclass
@@ -239,7 +257,7 @@ class OnlineDPO(Training):
 
 @dataclass
 class GRPO:
-    # trl.GRPOConfig field names, except oracle_reward (ours).
+    # trl.GRPOConfig field names, except rewards (ours: the functions and their weights, TRL's reward_weights).
     learning_rate: float = field(metadata=_range(0.0, low_open=True))
     max_steps: int = field(metadata=_range(1))
     per_device_train_batch_size: int = field(metadata=_range(1))
@@ -252,7 +270,18 @@ class GRPO:
     warmup_steps: int | float = field(metadata=_range(0.0))
     logging_steps: int = field(metadata=_range(1))
     save_steps: int = field(metadata=_range(1))
-    oracle_reward: bool
+    rewards: Rewards
+
+    def __post_init__(self):
+        check_rewards(self.rewards, "grpo")
+
+
+@dataclass
+class RLOO(GRPO):
+    # trl.RLOOConfig field names (the same as GRPO's here), except rewards (ours).
+
+    def __post_init__(self):
+        check_rewards(self.rewards, "rloo")
 
 
 @dataclass
@@ -281,6 +310,10 @@ class PPO:
     max_grad_norm: float = field(metadata=_range(0.0, low_open=True))
     logging_steps: int = field(metadata=_range(1))
     save_steps: int = field(metadata=_range(1))
+    rewards: Rewards
+
+    def __post_init__(self):
+        check_rewards(self.rewards, "ppo")
 
 
 @dataclass
@@ -351,6 +384,7 @@ class Params:
     simpo: SimPO
     kto: KTO
     grpo: GRPO
+    rloo: RLOO
     online_dpo: OnlineDPO
     eval: Eval
     export: Export

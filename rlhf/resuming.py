@@ -18,12 +18,14 @@ RUN_FILE = "run.json"  # what the checkpoints in a folder were trained with: a r
 
 def fingerprint(inputs: list, **sections) -> str:
     """sha256 of what a training run depends on: its params sections, the content of its input folders, the rlhf
-    package's code and the library versions. Checkpoints written under another fingerprint are never resumed from."""
+    package's code, the user's reward functions (rewards/) and the library versions. Checkpoints written under another
+    fingerprint are never resumed from."""
     import rlhf
 
     digest = hashlib.sha256(json.dumps({"params": sections, "versions": provenance()["versions"]}, sort_keys=True,
                                        default=plain).encode())
-    code = sorted(Path(rlhf.__file__).parent.rglob("*.py"))
+    project = Path(rlhf.__file__).parent.parent
+    code = sorted(Path(rlhf.__file__).parent.rglob("*.py")) + sorted((project / "rewards").rglob("*.py"))
     files = [f for folder in inputs if folder is not None for f in sorted(Path(folder).rglob("*")) if f.is_file()]
     for f in code + files:
         digest.update(f.name.encode())

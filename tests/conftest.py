@@ -27,8 +27,9 @@ TINY = {  # small enough for a few seconds per stage on 2 cores
     "align.oracle_eval_prompts": 8, "align.max_new_tokens": 8,
     **{f"{m}.{k}": v for m in ("dpo", "orpo", "simpo", "kto")
        for k, v in {"max_steps": 3, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}.items()},
-    "grpo.max_steps": 2, "grpo.per_device_train_batch_size": 8, "grpo.num_generations": 4,
-    "grpo.max_completion_length": 8, "grpo.logging_steps": 1,
+    **{f"{m}.{k}": v for m in ("grpo", "rloo") for k, v in {"max_steps": 2, "per_device_train_batch_size": 8,
+                                                            "num_generations": 4, "max_completion_length": 8,
+                                                            "logging_steps": 1}.items()},
     "ppo.num_iterations": 2, "ppo.rollout_batch_size": 8, "ppo.mini_batch_size": 4, "ppo.ppo_epochs": 1,
     "ppo.max_new_tokens": 8,
     "online_dpo.rounds": 2, "online_dpo.samples_per_prompt": 3, "online_dpo.prompts_per_round": 16,

@@ -7,7 +7,7 @@ This module is the recipe: it orchestrates and owns the checkpoint format. The p
 `functional` (the math, pure functions on tensors), `rollouts` (the typed records, sampling and the per-token forward
 passes) and `critic` (the policy with its value head, or a separate critic from the reward model; `ppo.critic`). The
 reward model scores prompt + answer + the chat template's turn end (see `rlhf.scoring.reward_function`), as it saw
-answers in training.
+answers in training; `ppo.rewards` weighs it and adds reward functions (rlhf/rewards.py, `total_score`).
 """
 import contextlib
 import time
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf import base, generation, models, resuming, scoring, tokenize, train
+from rlhf import base, generation, models, resuming, rewards, scoring, tokenize, train
 from rlhf.ppo import functional, rollouts
 from rlhf.ppo.critic import critic_from_reward_model, policy_with_value_head
 
@@ -144,7 +144,10 @@ def run(params, paths, out):
     critic = None
     if section.critic == "separate":
         critic, value_head, scorer = critic_from_reward_model(params, scorer, lora, stats)
-    score = scoring.reward_function(scorer, stats, tokenizer, turn_end, section.mini_batch_size)
+    score = rewards.total_score(scoring.reward_function(scorer, stats, tokenizer, turn_end, section.mini_batch_size),
+                                section.rewards, rewards.functions(section.rewards, "ppo", tokenizer,
+                                                                   params.data.source, section.max_new_tokens),
+                                tokenizer)
 
     def reward_fn(prompts, answers):  # a separate critic's adapter sits in the reward model's layers: off to score
         with critic.disable_adapter() if critic is not None else contextlib.nullcontext():

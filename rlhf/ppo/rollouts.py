@@ -40,7 +40,7 @@ class Experience(NamedTuple):
 class RolloutStats(NamedTuple):
     """One rollout's metrics, each a mean over its answers (or answer tokens)."""
     score: float  # the reward model's raw score
-    score_normalized: float  # the missing-EOS penalty included
+    score_normalized: float  # the score optimized (ppo.rewards' weighted sum), the missing-EOS penalty included
     kl: float  # per answer, summed over its tokens
     kl_coef: float  # the coefficient the rewards were computed with
     entropy: float
@@ -110,7 +110,8 @@ def forward(model, critic, value_head, ids, attention_mask, starts, width: int, 
 @torch.no_grad()
 def rollout(model, critic, value_head, reward_fn, tokenizer, prompts: list[list[int]], section, kl_coef: float,
             seed: int) -> tuple[Experience, RolloutStats]:
-    """Sample answers, score them, and compute everything the update needs."""
+    """Sample answers, score them, and compute everything the update needs. `reward_fn(prompts, answers)` returns
+    (the reward model's raw score, the score to optimize), each (B,): `rewards.total_score` in the align stage."""
     device = next(model.parameters()).device
     answers = generation.generate(model, prompts, tokenizer, section.max_new_tokens, section.temperature, seed=seed)
     score, normalized = reward_fn(prompts, answers)[:2]

@@ -58,6 +58,15 @@ def test_align_depends_on_the_chosen_method_only():
         assert (REPO / "rlhf" / "methods" / f"{method}.py").exists()
 
 
+def test_align_depends_on_the_user_reward_functions():
+    """rlhf/rewards.py loads the functions params.yaml names from rewards/ only, so that folder as a dep of align
+    reruns it when one changes."""
+    from rlhf import rewards
+
+    align = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["align"]
+    assert rewards.USER_PACKAGE in align["deps"] and (REPO / rewards.USER_PACKAGE / "__init__.py").is_file()
+
+
 def test_every_stage_script_is_in_the_pipeline():
     scripts = {p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"}
     assert scripts == set(DVC)
@@ -126,7 +135,10 @@ NOT_DEPS = {
 }
 # Modules that import others by a name computed at run time: the stage that runs that import, and what it loads.
 # (evaluate imports rlhf.align too, but only to load the saved policy, never the method's code.)
-DYNAMIC = {"rlhf/align.py": ("align", lambda method: f"rlhf/methods/{method}.py")}
+# rlhf/rewards.py imports the user's reward functions from rewards/, a folder dep of align (checked below), not rlhf
+# code: it adds no rlhf file to the closure.
+DYNAMIC = {"rlhf/align.py": ("align", lambda method: f"rlhf/methods/{method}.py"),
+           "rlhf/rewards.py": ("align", lambda method: f"rlhf/methods/{method}.py")}
 
 
 def _module_path(name: str) -> str | None:

@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import REPO, TINY, write_params
 
 
-COPY = ["dvc.yaml", "paths.yaml", "params.yaml", "stages", "rlhf", ".dvc/config", ".dvc/plots", ".dvcignore"]
+COPY = ["dvc.yaml", "paths.yaml", "params.yaml", "stages", "rlhf", "rewards", ".dvc/config", ".dvc/plots", ".dvcignore"]
 # Tests run in order on one repo copy; each leaves params as the next expects.
 
 

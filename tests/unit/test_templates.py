@@ -223,14 +223,14 @@ def test_reward_scores_an_ended_answer_with_the_template_turn_end(family):
 
 
 def test_grpo_prompts_tokenize_back_without_a_second_bos(family):
-    """GRPOTrainer re-tokenizes text prompts with the tokenizer's own special tokens; the prompt text we give it must
-    give back exactly the tokenize stage's ids. Catches decoding the template's BOS into the text, which the
-    tokenizer then adds again (Llama 3, Mistral, Llama 2, Gemma)."""
-    from rlhf.methods import grpo
+    """GRPOTrainer and RLOOTrainer re-tokenize text prompts with the tokenizer's own special tokens; the prompt text
+    we give them must give back exactly the tokenize stage's ids. Catches decoding the template's BOS into the text,
+    which the tokenizer then adds again (Llama 3, Mistral, Llama 2, Gemma)."""
+    from rlhf import rewards
 
     spec, tok, _ = family
     prompts = [tokenize.encode(row, tok, "keep")["prompt_ids"] for row in conversations(spec)]
-    data = grpo.prompt_dataset(prompts, tok)
+    data = rewards.prompt_dataset(prompts, tok, "grpo")
     assert [tok(text)["input_ids"] for text in data["prompt"]] == prompts
 
 
