@@ -254,6 +254,9 @@ class OnlineDPO(Training):
     min_margin: float = field(metadata=_range(0.0))
     rewards: Rewards
 
+    def __post_init__(self):
+        check_rewards(self.rewards, "online_dpo")
+
 
 @dataclass
 class GRPO:

@@ -1,8 +1,9 @@
 """On-policy DPO rounds (iterative DPO, as in Xu et al. 2023 "Some things are more CRINGE than others" and Xiong et
 al. 2024): each round samples `samples_per_prompt` answers per prompt from the current policy, scores them with the
-reward model, pairs each prompt's best answer against its worst (kept if the margin is at least `min_margin`), and
-trains DPO on those pairs from the current policy. The LoRA adapter carries over from round to round; the reference
-is always the SFT model (the adapter disabled), whose log-probs of each round's pairs are computed here.
+reward model (and any functions in `online_dpo.rewards`, added up as PPO's score: rlhf/rewards.py), pairs each
+prompt's best answer against its worst (kept if the margin is at least `min_margin`), and trains DPO on those pairs
+from the current policy. The LoRA adapter carries over from round to round; the reference is always the SFT model
+(the adapter disabled), whose log-probs of each round's pairs are computed here.
 
 One stage that loops, not a DVC `foreach`/`matrix` stage per round: round r trains from round r-1's policy, so a
 change to any param reruns every round from the first either way, and per-round stages would only add a chain of
@@ -22,15 +23,10 @@ from trl import DPOConfig
 from rlhf import base, generation, models, resuming, scoring, tokenize, train
 from rlhf.io import UserError, read_json, read_jsonl, write_json, write_jsonl
 from rlhf.methods import dpo
+from rlhf.rewards import functions as reward_functions, total_score
 
 OURS = ("rounds", "samples_per_prompt", "prompts_per_round", "max_new_tokens", "temperature", "min_margin", "rewards")
 DONE = "round.json"  # written last into a finished round's checkpoint folder: its metrics and training log
-
-
-def check(section) -> None:
-    if section.rewards.functions:
-        raise UserError(f"online_dpo.rewards.functions = {section.rewards.functions} is not supported yet by "
-                        "online_dpo: it judges answers with the reward model only. Set it to {}.")
 
 
 def distinct_prompts(prompt_ids: list[list[int]]) -> list[list[int]]:
@@ -65,13 +61,13 @@ def best_worst_pairs(rewards: torch.Tensor, min_margin: float) -> tuple[list[tup
 
 
 def sample_and_judge(policy, prompts, tokenizer, score, section, seed: int) -> tuple[list[list[list[int]]], torch.Tensor]:
-    """k sampled answers per prompt from `policy` (P lists of k id lists) and their rewards (P, k)."""
+    """k sampled answers per prompt from `policy` (P lists of k id lists) and their rewards (P, k). `score` is
+    rewards.total_score's judge: (raw, reward) per answer."""
     k = section.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]
     policy.eval()
     answers = generation.generate(policy, repeated, tokenizer, section.max_new_tokens, section.temperature, seed=seed)
-    rewards = section.rewards.reward_model * scoring.aggregate(
-        score(repeated, answers), section.rewards.aggregate, section.rewards.uncertainty_coef)
+    rewards = score(repeated, answers)[1]
     return [answers[i * k:(i + 1) * k] for i in range(len(prompts))], rewards.view(len(prompts), k)
 
 
@@ -190,17 +186,18 @@ def replay(callbacks, log: list[dict]) -> None:
 
 def run(params, paths, out):
     section = train.start_method(params)
-    check(section)
     _, lora, chosen = train.resolve(params, params.online_dpo, train.accelerator_memory_gb())
     tokenizer = models.tokenizer(paths.base)
     # -- data: the training prompts (answers come from the policy), the offline validation pairs for eval_loss
     prompts = distinct_prompts(tokenize.load_split(paths.tokenized, "train", 10**9)["prompt_ids"])
     check_length(prompts, section)
     validation = dpo.rows_with_reference(paths.tokenized, paths.reference, "validation", section.max_length)
-    # -- the judge: the trained reward model
+    # -- the judge: the trained reward model (an ensemble combined by rewards.aggregate), plus any reward functions
     scorer, stats = models.reward_model(paths.base, paths.sft, paths.reward, params.model)
-    score = scoring.reward_function(scorer, stats, tokenizer, base.end_of_turn(tokenizer),
-                                    section.per_device_train_batch_size)
+    score = total_score(scoring.reward_function(scorer, stats, tokenizer, base.end_of_turn(tokenizer),
+                                                section.per_device_train_batch_size),
+                        section.rewards, reward_functions(section.rewards, "online_dpo", tokenizer, params.data.source,
+                                                          section.max_new_tokens), tokenizer)
     # -- rounds: finished ones are kept under the checkpoints (keyed by the resume fingerprint) and not redone
     report_to, callbacks = train.trackers(params.tracking, paths.align_live)
     checkpoints = Path(paths.align_checkpoints)

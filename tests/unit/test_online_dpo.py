@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from rlhf.io import UserError
 from rlhf.methods import online_dpo
 from tests.conftest import repo_params
 
@@ -60,7 +59,29 @@ def test_each_prompt_is_sampled_once_per_round():
     assert online_dpo.distinct_prompts([[1, 2], [3], [1, 2], [4]]) == [[1, 2], [3], [4]]
 
 
-def test_reward_functions_are_refused_until_supported():
-    section = repo_params({"online_dpo.rewards.functions": {"length": 0.1}}).online_dpo
-    with pytest.raises(UserError, match="not supported yet by online_dpo"):
-        online_dpo.check(section)
+def test_a_reward_function_decides_the_pairs(monkeypatch):
+    """online_dpo.rewards with the reward model off and length_penalty on: each prompt's 2 answers (lengths 1 and 3,
+    in either order) are judged -len/4, so the shorter one is chosen, whichever place it was sampled in."""
+    from types import SimpleNamespace
+
+    from rlhf import rewards, scoring
+
+    section = repo_params({"online_dpo.rewards.reward_model": 0.0,
+                           "online_dpo.rewards.functions": {"length_penalty": 1.0},
+                           "online_dpo.samples_per_prompt": 2, "online_dpo.max_new_tokens": 4,
+                           "online_dpo.min_margin": 0.1}).online_dpo
+    answers = [[5], [6, 7, 8], [6, 7, 8], [5]]  # prompt 0: short first; prompt 1: long first
+    monkeypatch.setattr(online_dpo.generation, "generate", lambda *args, **kwargs: answers)
+    tokenizer = SimpleNamespace(decode=Letters().decode,
+                                batch_decode=lambda ids, **kw: [Letters().decode(i) for i in ids])
+    monkeypatch.setattr(rewards, "prompt_texts", lambda prompt_ids, tok: ["p"] * len(prompt_ids))
+    funcs = rewards.functions(section.rewards, "online_dpo", tokenizer, "builtin:sentiment", section.max_new_tokens)
+    def reward_model(prompt_ids, answer_ids):  # scores by place; at weight 0 it has no say
+        raw = torch.arange(len(answer_ids), dtype=torch.float32)[:, None]
+        return scoring.ensemble_scores(raw, [{"score_mean": 0.0, "score_std": 1.0}])
+
+    score = rewards.total_score(reward_model, section.rewards, funcs, tokenizer)
+    policy = SimpleNamespace(eval=lambda: None)
+    rows, data = online_dpo.make_round(policy, [[1], [2]], [0, 1], tokenizer, score, section, seed=0, round_number=1)
+    assert [(r["chosen_ids"], r["rejected_ids"]) for r in rows] == [([5], [6, 7, 8]), ([5], [6, 7, 8])]
+    assert [r["chosen_reward"] for r in rows] == [-0.25, -0.25] and data["pairs"] == 2
