@@ -46,7 +46,7 @@ STUDIES = {
                  "single reward model of the baseline. The gap is the reward-model win rate minus the oracle win "
                  "rate: the over-optimisation an ensemble is meant to shrink."),
         "arms": {"grpo": ["method=grpo"],
-                 "grpo_ensemble": ["method=grpo", "reward.ensemble.size=4", "grpo.rewards.aggregate=mean_minus_std"]}},
+                 "grpo_ensemble": ["method=grpo", "reward.ensemble.members=4", "grpo.rewards.aggregate=mean_minus_std"]}},
     "online": {
         "title": "On-policy DPO rounds against offline DPO",
         "text": ("Offline DPO on the dataset's pairs, and DPO rounds on pairs of the policy's own answers judged by "

@@ -111,10 +111,10 @@ def test_plan_queues_each_arm_and_seed_once():
     """A study's experiments, seed by seed, with the arm's settings and align.seed; names that exist are skipped."""
     lines = report.plan("ensemble", 2, existing={"grpo-seed0"})
     assert lines == [
-        "grpo_ensemble-seed0 -S method=grpo -S reward.ensemble.size=4 -S grpo.rewards.aggregate=mean_minus_std "
+        "grpo_ensemble-seed0 -S method=grpo -S reward.ensemble.members=4 -S grpo.rewards.aggregate=mean_minus_std "
         "-S align.seed=0",
         "grpo-seed1 -S method=grpo -S align.seed=1",
-        "grpo_ensemble-seed1 -S method=grpo -S reward.ensemble.size=4 -S grpo.rewards.aggregate=mean_minus_std "
+        "grpo_ensemble-seed1 -S method=grpo -S reward.ensemble.members=4 -S grpo.rewards.aggregate=mean_minus_std "
         "-S align.seed=1"]
     assert all(line.split()[0].startswith(m) for line, m in zip(report.plan("methods", 1, set()), report.METHODS))
     with pytest.raises(report.UserError, match="unknown study"):
