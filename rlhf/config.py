@@ -175,8 +175,16 @@ class SFT(Training):
 
 
 @dataclass
+class Ensemble:
+    # Ours, not RewardConfig's: how many reward models the reward stage trains (rlhf/reward.py).
+    size: int = field(metadata=_range(1))
+    bootstrap: bool
+
+
+@dataclass
 class Reward(Training):
     center_rewards_coefficient: float | None = field(metadata=_range(0.0))
+    ensemble: Ensemble
 
 
 @dataclass
@@ -289,6 +297,7 @@ class Gate:
     max_empty_share: float | None = field(metadata=_range(0.0, 1.0))
     max_cutoff_share: float | None = field(metadata=_range(0.0, 1.0))
     min_distinct2_ratio: float | None = field(metadata=_range(0.0))
+    max_uncertainty_rise: float | None = field(metadata=_range(0.0))
 
 
 @dataclass
