@@ -3,7 +3,7 @@ much its members disagree on SFT's and on the policy's answers.
 
     python -m bench.reward_ensemble --project .        # reuse a project where the default `dvc repro` has run
     python -m bench.reward_ensemble --quick            # a scratch project on tiny settings: a check that it runs
-    python -m bench.reward_ensemble --project . --size 4 --out /tmp/bench.json
+    python -m bench.reward_ensemble --project . --size 4 --steps 63 --prompts 128 --out /tmp/bench.json
 
 In a scratch folder with this checkout's params.yaml, whose inputs (tokenized data, base, SFT model, policy) are
 links into `--project`, or, with `--quick`, a scratch project on tiny settings: the reward stage command with `reward.ensemble.size` = `--size`
@@ -99,6 +99,8 @@ def main():
     parser.add_argument("--project", type=Path, help="a folder where the default `dvc repro` has run")
     parser.add_argument("--quick", action="store_true", help="a scratch project on tiny settings (figures mean little)")
     parser.add_argument("--size", type=int, default=4, help="ensemble members (reward.ensemble.size)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per member (reward.max_steps; default: the params')")
+    parser.add_argument("--prompts", type=int, help="evaluation prompts (eval.num_prompts; default: the params')")
     parser.add_argument("--max-wait", type=float, default=machine.MAX_WAIT_SECONDS,
                         help="seconds each measurement waits for a quiet machine")
     parser.add_argument("--out", type=Path, default=REPO / "metrics/bench.json")
@@ -109,8 +111,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         project = args.project or scratch_project(Path(tmp) / "project")
         (Path(tmp) / "measure").mkdir()
-        section = run(project, Path(tmp) / "measure", args.size, QUICK if args.quick else {})
-    section["inputs"] = f"the default `dvc repro` in {args.project}" if args.project else f"quick: {QUICK}"
+        overrides = (QUICK if args.quick else {}) | ({"reward.max_steps": args.steps} if args.steps else {}) | (
+            {"eval.num_prompts": args.prompts} if args.prompts else {})
+        section = run(project, Path(tmp) / "measure", args.size, overrides)
+    section["inputs"] = f"the default `dvc repro` in {args.project}" if args.project else "quick: tiny scratch project"
+    section["overrides"] = overrides
     report = read_json(args.out) if args.out.is_file() else {}
     report["reward_ensemble"] = {**section, "quick": args.quick, "device": machine.device()}
     write_json(args.out, report)

@@ -74,7 +74,7 @@ def test_size_two_trains_two_members_on_their_own_resamples(ensemble):
 
 def test_equal_members_do_not_disagree_and_trained_ones_do(ensemble, tmp_path):
     """Two members loaded from the same adapter: std exactly 0 and the mean is that member's score. The trained pair:
-    std > 0 on every answer."""
+    std > 0 on every answer, and scores that differ in order, not just in scale."""
     root, _ = ensemble
     same = tmp_path / "same"
     shutil.copytree(root / "models/reward", same)
@@ -85,6 +85,9 @@ def test_equal_members_do_not_disagree_and_trained_ones_do(ensemble, tmp_path):
     torch.testing.assert_close(twins.members[:, 0], twins.members[:, 1], rtol=0, atol=0)
     trained, _, _ = ensemble_score(root, root / "models/reward")
     assert (trained.std > 0).all()
+    # and not only because each member is normalized by its own stats: their scores are not one affine function
+    # of the other, as they would be if both columns came from one member's adapter
+    assert torch.corrcoef(trained.members.T)[0, 1] < 0.999
     torch.testing.assert_close(trained.members[:, 0], twins.members[:, 0])  # member 0 is member 0 either way
 
 
@@ -195,3 +198,16 @@ def test_uncertainty_metrics_hand_computed():
     out = evaluate.uncertainty_metrics(sides, [{"accuracy": 0.8}, {"accuracy": 0.7}], {"accuracy": 0.85})
     assert out == pytest.approx({"rm_ensemble_accuracy": 0.85, "rm_member_min_accuracy": 0.7, "rm_std_sft": 0.2,
                                  "rm_std_policy": 0.6, "rm_uncertainty_rise": 0.4})
+
+
+def test_ppo_trains_on_an_ensemble_with_sft_sample_normalization(ensemble):
+    """PPO with a separate critic and rewards normalized on SFT samples, per member, runs on a size-2 ensemble."""
+    import math
+
+    from tests.stages.test_ppo import run_ppo
+
+    root, _ = ensemble
+    _, metrics, _ = run_ppo(root, "ppo-ensemble", num_iterations=1, critic="separate",
+                            reward_normalization="sft_samples")
+    assert metrics["iterations"] == 1 and math.isfinite(metrics["score_normalized"])
+    assert (root / "ppo-ensemble/critic/adapter_model.safetensors").exists()
