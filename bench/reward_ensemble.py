@@ -6,12 +6,12 @@ much its members disagree on SFT's and on the policy's answers.
     python -m bench.reward_ensemble --project . --size 4 --steps 63 --prompts 128 --out /tmp/bench.json
 
 In a scratch folder with this checkout's params.yaml, whose inputs (tokenized data, base, SFT model, policy) are
-links into `--project`, or, with `--quick`, a scratch project on tiny settings: the reward stage command with `reward.ensemble.size` = `--size`
-(wall time, peak RSS, training seconds per member), the members' adapter bytes against what one more score head on
-a shared trunk would take, the scoring time of the same answers by member 0 alone (k = 1) and by all k members, and
-then the sft_answers and evaluate stage commands on that ensemble: its validation accuracies and the members'
-disagreement on SFT's and the policy's answers (rm_std_sft, rm_std_policy, rm_uncertainty_rise). Writes the
-`reward_ensemble` section of the JSON file."""
+links into `--project`, or, with `--quick`, a scratch project on tiny settings: the reward stage command with
+`reward.ensemble.size` = `--size` (wall time, peak RSS, training seconds per member), the members' adapter bytes
+against what one more score head on a shared trunk would take, the scoring time of the same answers by member 0
+alone (k = 1) and by all k members, and then the sft_answers and evaluate stage commands on that ensemble: its
+validation accuracies and the members' disagreement on SFT's and the policy's answers (rm_std_sft, rm_std_policy,
+rm_uncertainty_rise). Writes the `reward_ensemble` section of the JSON file."""
 import argparse
 import tempfile
 import time

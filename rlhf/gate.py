@@ -22,7 +22,8 @@ def checks(metrics: dict, gate) -> dict[str, str | None]:
     prompts has a threshold that fits any eval.num_prompts). rm_uncertainty_rise (evaluate's) is how much more the
     reward ensemble's members disagree on the policy's answers than on SFT's: 0 with one reward model. The degeneration
     checks (repetition, empty and cut-off answers, distinct-2) are on the policy's own values, not relative: SFT's
-    answers are expected to pass them. A null threshold, or a metric this run has not got (no oracle outside the built-in tasks), skips its check."""
+    answers are expected to pass them. A null threshold, or a metric this run has not got (no oracle outside the
+    built-in tasks), skips its check."""
     sft_distinct2 = metrics.get("distinct2_sft")
     derived = {"length_change": metrics["length_policy"] / metrics["length_sft"] - 1,
                "distinct2_ratio": metrics["distinct2_policy"] / sft_distinct2 if sft_distinct2 else None,

@@ -35,7 +35,8 @@ def measure(model, params, shared: dict) -> dict:
     """One model's side: "answers" (token ids per prompt), "rm" and, on a built-in task, "oracle" ((N,) scores of
     the answers; "rm" the reward model's raw score, an ensemble's mean), "rm_std" ((N,) the ensemble members'
     disagreement, in normalized units: 0 for a single reward model), "answer_logps" ((N,) summed log-probs and (N,)
-    token counts of the answers under the model itself), and "chosen", "rejected" ((M,) summed log-probs and (M,) token counts of the validation pairs)."""
+    token counts of the answers under the model itself), and "chosen", "rejected" ((M,) summed log-probs and (M,)
+    token counts of the validation pairs)."""
     cfg, tokenizer, prompts, validation = params.eval, shared["tokenizer"], shared["prompts"], shared["validation"]
     answers = generation.generate(model, prompts, tokenizer, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                   cfg.batch_size, seed=params.seed)

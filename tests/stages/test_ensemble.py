@@ -103,8 +103,8 @@ def test_each_member_scores_with_its_own_adapter_and_score_head(ensemble):
     prompts, answers = validation_answers(root)
     sequences = [p + a for p, a in zip(prompts, answers)]
     for j, member in enumerate(stats):
-        alone = PeftModel.from_pretrained(models.scorer(root / "models/base", root / "models/sft",
-                                                        repo_section("model")), root / "models/reward" / member["adapter"])
+        trunk = models.scorer(root / "models/base", root / "models/sft", repo_section("model"))
+        alone = PeftModel.from_pretrained(trunk, root / "models/reward" / member["adapter"])
         raw = scoring.reward_scores(alone.eval(), sequences, pad_id=0)
         normalized = (raw - member["score_mean"]) / member["score_std"]
         torch.testing.assert_close(scores.members[:, j], normalized, atol=1e-5, rtol=1e-5)
