@@ -1,4 +1,4 @@
-"""Benchmark: what a reward-model ensemble of k LoRA adapters on one scorer costs (`reward.ensemble.size`), and how
+"""Benchmark: what a reward-model ensemble of k LoRA adapters on one scorer costs (`reward.ensemble.members`), and how
 much its members disagree on SFT's and on the policy's answers.
 
     python -m bench.reward_ensemble --project .        # reuse a project where the default `dvc repro` has run
@@ -7,7 +7,7 @@ much its members disagree on SFT's and on the policy's answers.
 
 In a scratch folder with this checkout's params.yaml, whose inputs (tokenized data, base, SFT model, policy) are
 links into `--project`, or, with `--quick`, a scratch project on tiny settings: the reward stage command with
-`reward.ensemble.size` = `--size` (wall time, peak RSS, training seconds per member), the members' adapter bytes
+`reward.ensemble.members` = `--size` (wall time, peak RSS, training seconds per member), the members' adapter bytes
 against what one more score head on a shared trunk would take, the scoring time of the same answers by member 0
 alone (k = 1) and by all k members, and then the sft_answers and evaluate stage commands on that ensemble: its
 validation accuracies and the members' disagreement on SFT's and the policy's answers (rm_std_sft, rm_std_policy,
@@ -73,7 +73,7 @@ def scoring_seconds(work: Path, size: int, answers: int, repeats: int = 3) -> di
 def run(project: Path, work: Path, size: int, overrides: dict) -> dict:
     paths, stages = layout(), pipeline.stages(REPO)
     # this checkout's params (the project's predate reward.ensemble), on the project's inputs made with the defaults
-    config.write_with_overrides(REPO / "params.yaml", work / "params.yaml", overrides | {"reward.ensemble.size": size})
+    config.write_with_overrides(REPO / "params.yaml", work / "params.yaml", overrides | {"reward.ensemble.members": size})
     for name in INPUTS:  # links, so that the project's own outputs stay untouched
         link = work / getattr(paths, name)
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, help="a folder where the default `dvc repro` has run")
     parser.add_argument("--quick", action="store_true", help="a scratch project on tiny settings (figures mean little)")
-    parser.add_argument("--size", type=int, default=4, help="ensemble members (reward.ensemble.size)")
+    parser.add_argument("--size", type=int, default=4, help="ensemble members (reward.ensemble.members)")
     parser.add_argument("--steps", type=int, help="optimizer steps per member (reward.max_steps; default: the params')")
     parser.add_argument("--prompts", type=int, help="evaluation prompts (eval.num_prompts; default: the params')")
     parser.add_argument("--max-wait", type=float, default=machine.MAX_WAIT_SECONDS,

@@ -176,8 +176,10 @@ class SFT(Training):
 
 @dataclass
 class Ensemble:
-    # Ours, not RewardConfig's: how many reward models the reward stage trains (rlhf/reward.py).
-    size: int = field(metadata=_range(1))
+    # Ours, not RewardConfig's: how many reward models the reward stage trains (rlhf/reward.py). Not named `size`:
+    # DVC's run cache drops every key named size (or nfiles) from its key (dict_sha256's exclude in
+    # dvc/stage/cache.py), so a change of it would restore the old reward model (measured with dvc 3.67).
+    members: int = field(metadata=_range(1))
     bootstrap: bool
 
 

@@ -3,7 +3,7 @@ rejected).
 
 The scorer is the base model with the SFT adapter merged in, a one-output sequence-classification head reading the
 last non-padding token, and a new LoRA adapter (task type SEQ_CLS, which also trains the head). An ensemble
-(`reward.ensemble.size` > 1) is that many adapters, each with its own head, trained one after the other with seeds
+(`reward.ensemble.members` > 1) is that many adapters, each with its own head, trained one after the other with seeds
 seed + i and, with `reward.ensemble.bootstrap`, on their own resamples of the pairs: independent members (Coste et
 al. 2023), which later stages load on one scorer (models.reward_model). k heads on one shared trunk would score in one
 forward pass instead of k, but their members would share every feature and hardly disagree (bench/reward_ensemble.py
@@ -53,7 +53,7 @@ def member_rows(train_rows, ensemble, member: int, seed: int):
     """Member `member`'s training rows: all of them for a single model or without bootstrap, else its own resample
     (Coste et al. 2023 train their members on the same data, seeds apart; a resample makes them disagree more where
     the data is thin, which is what the ensemble's std should show)."""
-    if ensemble.size == 1 or not ensemble.bootstrap:
+    if ensemble.members == 1 or not ensemble.bootstrap:
         return train_rows
     return train_rows.select(bootstrap_rows(len(train_rows), seed))
 
@@ -158,12 +158,12 @@ def run(params: Params, paths) -> None:
         return
     ensemble = params.reward.ensemble
     with launch.stage_output(paths.reward) as tmp:
-        members = [fit_member(params, paths, tmp / member_name(i), i) for i in range(ensemble.size)]
+        members = [fit_member(params, paths, tmp / member_name(i), i) for i in range(ensemble.members)]
         metrics, settings = ensemble_metrics(members), members[0]["settings"]
         if launch.is_main_process():
             write_json(tmp / models.REWARD_ENSEMBLE_FILE, {
-                "members": [member_name(i) for i in range(ensemble.size)], "bootstrap": ensemble.bootstrap,
-                "seeds": [params.seed + i for i in range(ensemble.size)], "accuracy": metrics["ensemble_accuracy"]})
+                "members": [member_name(i) for i in range(ensemble.members)], "bootstrap": ensemble.bootstrap,
+                "seeds": [params.seed + i for i in range(ensemble.members)], "accuracy": metrics["ensemble_accuracy"]})
             write_json(tmp / "reward.json", {"settings": settings, **provenance(
                 seed=params.seed, model=params.model, lora=params.lora, compute=params.compute, reward=params.reward)})
     if not launch.is_main_process():

@@ -14,7 +14,7 @@ from tests.conftest import TINY, evaluate_stages, repo_section, run_stage, write
 from tests.stages.test_align import run_align
 from tests.stages.test_models import assert_all_placed, watched
 
-ENSEMBLE = {**TINY, "reward.ensemble.size": 2}
+ENSEMBLE = {**TINY, "reward.ensemble.members": 2}
 
 
 def reward_stage(root, tiny_trained, overrides: dict, reward_dir: str = "models/reward") -> None:

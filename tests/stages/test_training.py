@@ -151,7 +151,7 @@ def test_reward_stage_outputs_and_stats(tiny_trained):
     stats = json.loads((tiny_trained / "models/reward/member-0" / reward.STATS_FILE).read_text())
     for key in ("accuracy", "mean_margin", "score_mean", "score_std"):
         assert metrics[key] == stats[key]
-    # one reward model (reward.ensemble.size 1): the ensemble is its only member, and scores as it does
+    # one reward model (reward.ensemble.members 1): the ensemble is its only member, and scores as it does
     assert metrics["member_0_accuracy"] == metrics["ensemble_accuracy"] == metrics["accuracy"]
     assert "member_1_accuracy" not in metrics
     ensemble = json.loads((tiny_trained / "models/reward" / models.REWARD_ENSEMBLE_FILE).read_text())
