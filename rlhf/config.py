@@ -177,8 +177,18 @@ class SFT(Training):
 
 
 @dataclass
+class Ensemble:
+    # Ours, not RewardConfig's: how many reward models the reward stage trains (rlhf/reward.py). Not named `size`:
+    # DVC's run cache drops every key named size (or nfiles) from its key (dict_sha256's exclude in
+    # dvc/stage/cache.py), so a change of it would restore the old reward model (measured with dvc 3.67).
+    members: int = field(metadata=_range(1))
+    bootstrap: bool
+
+
+@dataclass
 class Reward(Training):
     center_rewards_coefficient: float | None = field(metadata=_range(0.0))
+    ensemble: Ensemble
 
 
 @dataclass
@@ -340,6 +350,7 @@ class Gate:
     max_empty_share: float | None = field(metadata=_range(0.0, 1.0))
     max_cutoff_share: float | None = field(metadata=_range(0.0, 1.0))
     min_distinct2_ratio: float | None = field(metadata=_range(0.0))
+    max_uncertainty_rise: float | None = field(metadata=_range(0.0))
 
 
 @dataclass

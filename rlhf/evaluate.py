@@ -10,7 +10,9 @@ no experiment changes, from the sft_answers stage; see rlhf/sft_answers.py):
   show;
 - loss and perplexity of the chosen validation answers under both models;
 - 95% intervals and length-controlled win rates, and degeneration measures: repeated n-grams, distinct-n, empty and
-  cut-off answers, the SFT model's perplexity of the answers (rlhf/stats.py).
+  cut-off answers, the SFT model's perplexity of the answers (rlhf/stats.py);
+- with a reward-model ensemble, its members' disagreement on each model's answers: a rise from SFT's to the policy's
+  means the policy went where the reward models do not know (`uncertainty_metrics`).
 """
 import statistics
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rlhf import gate, generation, models, scoring, sft_answers, stats
-from rlhf.io import write_json, write_jsonl
+from rlhf.io import read_json, write_json, write_jsonl
 
 BOOTSTRAP_RESAMPLES = 1000  # percentile endpoints of 1000 resamples move by about 0.005 between seeds
 
@@ -78,6 +80,8 @@ def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], d
     rm_scores = {name: side["rm"] for name, side in sides.items()}
     metrics = {f"rm_{k}": v for k, v in win_rate(rm_scores["policy"], rm_scores["sft"]).items()}
     metrics |= {f"rm_mean_{name}": s.mean().item() for name, s in rm_scores.items()}
+    ensemble = read_json(Path(paths.reward) / models.REWARD_ENSEMBLE_FILE)
+    metrics |= uncertainty_metrics(sides, shared["rm_stats"], ensemble)
     oracle = {name: side["oracle"] for name, side in sides.items() if "oracle" in side}
     if oracle:
         metrics |= {f"oracle_mean_{name}": s.mean().item() for name, s in oracle.items()}
@@ -112,6 +116,19 @@ def measure(params, paths, cached_sft: bool = True) -> tuple[dict, list[dict], d
              "frontier": [{"method": params.method, "kl": metrics["kl_policy_sft"],
                            "reward": judged["policy"].mean().item(), "judge": "oracle" if oracle else "reward_model"}]}
     return metrics, samples, plots
+
+
+def uncertainty_metrics(sides: dict[str, dict], member_stats: list[dict], ensemble: dict) -> dict:
+    """The reward ensemble on the validation pairs (as the reward stage measured it: the ensemble's accuracy, the
+    accuracy of its members' mean normalized score, and its weakest member's), and its members' disagreement on each
+    model's answers: rm_std_<model>, the mean over answers of the std of the members' normalized scores, and
+    rm_uncertainty_rise = rm_std_policy - rm_std_sft. One reward model: both 0. Five keys (six with the gate's), not
+    one per member: `dvc exp show` shows every key (metrics/reward.json has each member's accuracy)."""
+    std = {name: side["rm_std"].mean().item() for name, side in sides.items()}
+    return {"rm_ensemble_accuracy": ensemble["accuracy"],
+            "rm_member_min_accuracy": min(s["accuracy"] for s in member_stats),
+            "rm_std_sft": std["sft"], "rm_std_policy": std["policy"],
+            "rm_uncertainty_rise": std["policy"] - std["sft"]}
 
 
 def interval_metrics(judged: dict[str, dict[str, torch.Tensor]], lengths: dict[str, torch.Tensor], seed: int) -> dict:

@@ -10,7 +10,7 @@ CHECKS = [("rm_win_rate", ">=", "min_rm_win_rate"), ("oracle_win_rate", ">=", "m
           ("kl_policy_sft", "<=", "max_kl"), ("length_change", "within +-", "max_length_change"),
           ("perplexity_rise", "<=", "max_perplexity_rise"), ("repetition_policy", "<=", "max_repetition"),
           ("empty_share_policy", "<=", "max_empty_share"), ("cutoff_share_policy", "<=", "max_cutoff_share"),
-          ("distinct2_ratio", ">=", "min_distinct2_ratio")]
+          ("distinct2_ratio", ">=", "min_distinct2_ratio"), ("rm_uncertainty_rise", "<=", "max_uncertainty_rise")]
 
 
 def checks(metrics: dict, gate) -> dict[str, str | None]:
@@ -19,9 +19,11 @@ def checks(metrics: dict, gate) -> dict[str, str | None]:
     Relative changes against SFT: length_change = length_policy / length_sft - 1 (either way),
     perplexity_rise = chosen_perplexity_policy / chosen_perplexity_sft - 1, distinct2_ratio = distinct2_policy /
     distinct2_sft (corpus-level distinct-2 falls with the number of answers, so only its ratio to SFT's on the same
-    prompts has a threshold that fits any eval.num_prompts). The degeneration checks (repetition, empty
-    and cut-off answers, distinct-2) are on the policy's own values, not relative: SFT's answers are expected to pass them. A null
-    threshold, or a metric this run has not got (no oracle outside the built-in tasks), skips its check."""
+    prompts has a threshold that fits any eval.num_prompts). rm_uncertainty_rise (evaluate's) is how much more the
+    reward ensemble's members disagree on the policy's answers than on SFT's: 0 with one reward model. The degeneration
+    checks (repetition, empty and cut-off answers, distinct-2) are on the policy's own values, not relative: SFT's
+    answers are expected to pass them. A null threshold, or a metric this run has not got (no oracle outside the
+    built-in tasks), skips its check."""
     sft_distinct2 = metrics.get("distinct2_sft")
     derived = {"length_change": metrics["length_policy"] / metrics["length_sft"] - 1,
                "distinct2_ratio": metrics["distinct2_policy"] / sft_distinct2 if sft_distinct2 else None,

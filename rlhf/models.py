@@ -19,7 +19,8 @@ from rlhf.config import Model
 from rlhf.io import UserError, read_json
 
 POLICY_INFO_FILE = "align.json"  # written by the align stage: the method and the model its adapter was trained on
-REWARD_STATS_FILE = "reward_stats.json"  # written by the reward stage: its validation score distribution
+REWARD_STATS_FILE = "reward_stats.json"  # written by the reward stage per member: its validation score distribution
+REWARD_ENSEMBLE_FILE = "ensemble.json"  # written by the reward stage: its members' folder names, ensemble accuracy
 SFT_ADAPTER = "sft"  # the SFT adapter's name beside the policy's, on a policy trained from the base (ORPO init: base)
 
 
@@ -182,9 +183,42 @@ def scorer(base_dir, sft_dir, cfg: Model):
     return PeftModel.from_pretrained(model, sft_dir, config=adapter).merge_and_unload()
 
 
+def reward_members(reward_dir) -> list[str]:
+    """The member adapters' names (also their folders in `reward_dir`), as the reward stage listed them."""
+    listing = Path(reward_dir) / REWARD_ENSEMBLE_FILE
+    if not listing.is_file():
+        raise UserError(f"{reward_dir}: no {REWARD_ENSEMBLE_FILE}, so this is not a reward model the reward stage "
+                        "wrote (or an older version of the stage wrote it, with one adapter and no member folders): "
+                        "rerun the reward stage (`dvc repro reward`).")
+    return read_json(listing)["members"]
+
+
 def reward_model(base_dir, sft_dir, reward_dir, cfg: Model):
-    """The trained reward model, ready to score, and its validation stats (for normalizing rewards)."""
+    """The trained reward model, ready to score: the scorer loaded once, every ensemble member on it as a named
+    adapter (its LoRA weights and its own copy of the score head), the first one active. Returns (model, one stats
+    dict per member: its validation score distribution, for normalizing rewards, and its `adapter` name)."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(scorer(base_dir, sft_dir, cfg), reward_dir).eval()
-    return model, read_json(Path(reward_dir) / REWARD_STATS_FILE)
+    names = reward_members(reward_dir)
+    model = PeftModel.from_pretrained(scorer(base_dir, sft_dir, cfg), Path(reward_dir) / names[0],
+                                      adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(Path(reward_dir) / name), adapter_name=name)
+    model.set_adapter(names[0])
+    stats = [{**read_json(Path(reward_dir) / name / REWARD_STATS_FILE), "adapter": name} for name in names]
+    return model.eval(), stats
+
+
+@contextlib.contextmanager
+def active_adapter(model, name: str | None):
+    """Within it, `model` computes with its adapter `name` (and that adapter's copy of the score head); None leaves
+    the model as it is (a scorer with no adapters to choose from)."""
+    if name is None:
+        yield model
+        return
+    before = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield model
+    finally:
+        model.set_adapter(before)

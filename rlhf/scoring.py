@@ -1,8 +1,10 @@
 """Batched forward passes that later stages measure with: completion log-probabilities under a causal LM, and
-reward-model scores. Pure functions of (model, token ids); no training state."""
+reward-model scores (of each member of an ensemble). Pure functions of (model, token ids); no training state."""
 from typing import NamedTuple
 
 import torch
+
+from rlhf import models
 
 
 def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,16 +84,27 @@ def aggregate(scores: Scores, how: str, coef: float) -> torch.Tensor:
     raise ValueError(f"unknown aggregate {how!r}")
 
 
-def reward_function(scorer, stats: dict, tokenizer, turn_end: tuple[int, list[int]], batch_size: int):
-    """`Scores` of prompt + answer by the reward model. `turn_end` is `base.end_of_turn`: the
-    token that ends an answer and what the chat template writes after it (ChatML: <|im_end|>, then a newline).
-    Answers that ended get that appended, as every answer the reward model was trained on had it. The model reads
-    the last token: scored at a bare <|im_end|>, the built-in task's reward model separated validation pairs 4 times
-    less and tracked the oracle far worse (correlation 0.53 instead of 0.87 on SFT samples)."""
+def member_scores(scorer, stats: list[dict], sequences: list[list[int]], pad_id: int, batch_size: int) -> torch.Tensor:
+    """Raw scores (N, k) of each sequence by each of the k members, member j the scorer's adapter stats[j]["adapter"]
+    (None: the scorer as it is). k adapters cost k forward passes (bench/reward_ensemble.py)."""
+    columns = []
+    for member in stats:
+        with models.active_adapter(scorer, member.get("adapter")):
+            columns.append(reward_scores(scorer, sequences, pad_id, batch_size))
+    return torch.stack(columns, 1)
+
+
+def reward_function(scorer, stats: list[dict], tokenizer, turn_end: tuple[int, list[int]], batch_size: int):
+    """`Scores` of prompt + answer by the reward model, an ensemble of len(stats) members (models.reward_model).
+    `turn_end` is `base.end_of_turn`: the token that ends an answer and what the chat template writes after it
+    (ChatML: <|im_end|>, then a newline). Answers that ended get that appended, as every answer the reward model was
+    trained on had it. The model reads the last token: scored at a bare <|im_end|>, the built-in task's reward model
+    separated validation pairs 4 times less and tracked the oracle far worse (correlation 0.53 instead of 0.87 on SFT
+    samples)."""
     end, suffix = turn_end
 
     def score(prompts: list[list[int]], answers: list[list[int]]) -> Scores:
         ended = [a + suffix if a[-1:] == [end] else a for a in answers]
-        raw = reward_scores(scorer, [p + a for p, a in zip(prompts, ended)], tokenizer.pad_token_id, batch_size)
-        return ensemble_scores(raw[:, None], [stats])
+        sequences = [p + a for p, a in zip(prompts, ended)]
+        return ensemble_scores(member_scores(scorer, stats, sequences, tokenizer.pad_token_id, batch_size), stats)
     return score

@@ -19,24 +19,29 @@ PAIRS = ("chosen", "rejected")
 
 
 def shared_inputs(params, paths) -> dict:
-    """What both models are measured on: the validation split, the prompts they answer, the reward-model scorer, the
-    built-in task (None on real data, which has no oracle) and the tokenizer."""
+    """What both models are measured on: the validation split, the prompts they answer, the reward-model scorer (an
+    ensemble's: every member) and its members' stats, the built-in task (None on real data, which has no oracle) and
+    the tokenizer."""
     tokenizer, batch = models.tokenizer(paths.base), params.eval.batch_size
     validation = tokenize.load_split(paths.tokenized, "validation", 10**9)
     rm, stats = models.reward_model(paths.base, paths.sft, paths.reward, params.model)
     return {"validation": validation, "prompts": validation["prompt_ids"][: params.eval.num_prompts],
             "score": scoring.reward_function(rm, stats, tokenizer, base.end_of_turn(tokenizer), batch),
+            "rm_stats": stats,
             "task": generation.builtin_task(params.data.source), "tokenizer": tokenizer}
 
 
 def measure(model, params, shared: dict) -> dict:
     """One model's side: "answers" (token ids per prompt), "rm" and, on a built-in task, "oracle" ((N,) scores of
-    the answers), "answer_logps" ((N,) summed log-probs and (N,) token counts of the answers under the model itself),
-    and "chosen", "rejected" ((M,) summed log-probs and (M,) token counts of the validation pairs)."""
+    the answers; "rm" the reward model's raw score, an ensemble's mean), "rm_std" ((N,) the ensemble members'
+    disagreement, in normalized units: 0 for a single reward model), "answer_logps" ((N,) summed log-probs and (N,)
+    token counts of the answers under the model itself), and "chosen", "rejected" ((M,) summed log-probs and (M,)
+    token counts of the validation pairs)."""
     cfg, tokenizer, prompts, validation = params.eval, shared["tokenizer"], shared["prompts"], shared["validation"]
     answers = generation.generate(model, prompts, tokenizer, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                   cfg.batch_size, seed=params.seed)
-    side = {"answers": answers, "rm": shared["score"](prompts, answers)[0]}
+    scores = shared["score"](prompts, answers)
+    side = {"answers": answers, "rm": scores.raw, "rm_std": scores.std}
     if shared["task"]:
         side["oracle"] = torch.tensor(generation.oracle_scores(shared["task"], prompts, answers, tokenizer))
     side["answer_logps"] = scoring.completion_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size)
@@ -54,7 +59,8 @@ def compute(params, paths):
     shared = shared_inputs(params, paths)
     side = measure(models.sft_merged(paths.base, paths.sft, params.model).eval(), params, shared)
     ids = list(shared["validation"]["id"])
-    answers = {"id": ids[: len(side["answers"])], "answer_ids": side["answers"], "rm_score": side["rm"].tolist()}
+    answers = {"id": ids[: len(side["answers"])], "answer_ids": side["answers"], "rm_score": side["rm"].tolist(),
+               "rm_std": side["rm_std"].tolist()}
     if "oracle" in side:
         answers["oracle_score"] = side["oracle"].tolist()
     answers["answer_logps"], answers["answer_tokens"] = (t.tolist() for t in side["answer_logps"])
@@ -74,11 +80,13 @@ def load(folder: str | Path, validation, num_prompts: int | None) -> dict:
     if list(pairs["id"]) != ids or list(answers["id"]) != ids[:num_prompts]:
         raise UserError(f"{folder}: the SFT answers were computed for other validation rows or another "
                         "eval.num_prompts than this evaluation's: rerun the sft_answers stage (`dvc repro sft_answers`).")
-    if "answer_logps" not in answers.column_names:
-        raise UserError(f"{folder}: the SFT answers have no 'answer_logps' column (an older version of the stage "
-                        "wrote them): rerun the sft_answers stage (`dvc repro sft_answers`).")
+    for column in ("answer_logps", "rm_std"):
+        if column not in answers.column_names:
+            raise UserError(f"{folder}: the SFT answers have no '{column}' column (an older version of the stage "
+                            "wrote them): rerun the sft_answers stage (`dvc repro sft_answers`).")
     side = {"answers": [list(a) for a in answers["answer_ids"]],
-            "rm": torch.tensor(answers["rm_score"], dtype=torch.float32)}
+            "rm": torch.tensor(answers["rm_score"], dtype=torch.float32),
+            "rm_std": torch.tensor(answers["rm_std"], dtype=torch.float32)}
     if "oracle_score" in answers.column_names:
         side["oracle"] = torch.tensor(answers["oracle_score"], dtype=torch.float32)
     side["answer_logps"] = (torch.tensor(answers["answer_logps"], dtype=torch.float32),

@@ -2,9 +2,10 @@
 
     python -m stages.reward
 
-Writes `reward`: the adapter, score head, tokenizer, reward_stats.json (validation score distribution, for
-normalizing rewards) and reward.json, and `reward_metrics`. Curves go to `reward_live`; a killed run resumes from
-`reward_checkpoints`.
+Writes `reward`: per ensemble member (`reward.ensemble.members`, 1 by default) a folder member-<i> with its adapter,
+score head, tokenizer and reward_stats.json (validation score distribution, for normalizing rewards); ensemble.json
+and reward.json; and `reward_metrics`. Curves (member 0's) go to `reward_live`; a killed run resumes from
+`reward_checkpoints`, without training again the members it had finished.
 
 Reads and writes the paths in paths.yaml; give any of them another place on the command line (`--help` lists them).
 """

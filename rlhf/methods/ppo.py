@@ -93,14 +93,17 @@ def load_checkpoint(folder: str, model, critic, value_head, optimizer) -> dict:
     return state
 
 
-def sft_sample_stats(model, reward_fn, tokenizer, prompts, section, seed: int) -> dict:
-    """Mean and std of the reward model's raw scores of SFT answers (the policy with its adapter disabled) to
-    `prompts`: the distribution PPO's samples start from (Ziegler et al., 2019), not the dataset's answers."""
+def sft_sample_stats(model, scorer, stats: list[dict], tokenizer, turn_end, prompts, section, seed: int) -> list[dict]:
+    """Each reward-model member's stats with the mean and std of its raw scores of SFT answers (the policy with its
+    adapter disabled) to `prompts`: the distribution PPO's samples start from (Ziegler et al., 2019), not the
+    dataset's answers."""
     with model.disable_adapter():
         answers = generation.generate(model, prompts, tokenizer, section.max_new_tokens, section.temperature,
                                       seed=seed)
-    raw = reward_fn(prompts, answers).raw
-    return {"score_mean": raw.mean().item(), "score_std": raw.std().item()}
+    unit = [{**s, "score_mean": 0.0, "score_std": 1.0} for s in stats]  # members' "normalized" scores: their raw ones
+    raw = scoring.reward_function(scorer, unit, tokenizer, turn_end, section.mini_batch_size)(prompts, answers).members
+    return [{**s, "score_mean": raw[:, j].mean().item(), "score_std": raw[:, j].std().item()}
+            for j, s in enumerate(stats)]
 
 
 def log(live, entry: dict) -> None:
@@ -137,13 +140,12 @@ def run(params, paths, out):
     turn_end = base.end_of_turn(tokenizer)
     if section.reward_normalization == "sft_samples":
         first = [prompts[order[k % len(order)]] for k in range(NORMALIZATION_PROMPTS)]
-        stats = sft_sample_stats(model, scoring.reward_function(scorer, stats, tokenizer, turn_end,
-                                                               section.mini_batch_size),
-                                 tokenizer, first, section, seed=params.seed)
-        print(f"ppo: reward normalized with SFT samples' mean {stats['score_mean']:.4f}, std {stats['score_std']:.4f}")
+        stats = sft_sample_stats(model, scorer, stats, tokenizer, turn_end, first, section, seed=params.seed)
+        print("ppo: reward normalized with SFT samples' mean, std: "
+              + ", ".join(f"{s['score_mean']:.4f}, {s['score_std']:.4f}" for s in stats))
     critic = None
     if section.critic == "separate":
-        critic, value_head, scorer = critic_from_reward_model(params, scorer, lora, stats)
+        critic, value_head, scorer, stats = critic_from_reward_model(params, scorer, lora, stats)
     score = rewards.total_score(scoring.reward_function(scorer, stats, tokenizer, turn_end, section.mini_batch_size),
                                 section.rewards, rewards.functions(section.rewards, "ppo", tokenizer,
                                                                    params.data.source, section.max_new_tokens),

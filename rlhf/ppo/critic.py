@@ -30,22 +30,35 @@ def policy_with_value_head(params, base_dir, sft_dir, lora):
     return model, value_head
 
 
-def critic_from_reward_model(params, scorer, lora, stats: dict):
+def critic_from_reward_model(params, scorer, lora, stats: list[dict]):
     """A separate critic: the trained reward model's trunk (its adapter merged) with a new LoRA adapter, and its
     score head as value head, rescaled to the normalized reward, (score - mean) / std, so that its first values are
-    the reward model's own estimate of what the answer will score. Returns (critic, value head, scorer).
+    the reward model's own estimate of what the answer will score. Returns (critic, value head, scorer, the scorer's
+    member stats).
 
-    The critic is built on the reward model `scorer` itself, not on a second copy: its adapter is merged in place,
-    and the returned scorer, which shares the critic's layers, must score with the critic's adapter disabled."""
+    One reward model: the critic is built on the reward model `scorer` itself, not on a second copy: its adapter is
+    merged in place, and the returned scorer, which shares the critic's layers and has no adapter left to switch to,
+    must score with the critic's adapter disabled. An ensemble: the critic starts from member 0 (the first adapter),
+    merged into a copy of the scorer, since the other members still need the unmerged trunk; that copy costs one
+    more model's memory, not another load of the base weights."""
+    import copy
+
     from peft import get_peft_model
 
-    scorer = scorer.merge_and_unload()
+    first = stats[0]
+    if len(stats) == 1:
+        scorer = scorer.merge_and_unload()
+        trunk, stats = scorer, [{k: v for k, v in first.items() if k != "adapter"}]
+    else:
+        trunk = copy.deepcopy(scorer)
+        trunk.set_adapter(first["adapter"])
+        trunk = trunk.merge_and_unload()
     torch.manual_seed(params.seed + 1)  # its adapter's A matrices: not the policy's draw
-    critic = get_peft_model(scorer.model, train.lora_config(dataclasses.replace(lora, modules_to_save=None), None))
+    critic = get_peft_model(trunk.model, train.lora_config(dataclasses.replace(lora, modules_to_save=None), None))
     critic.eval()
-    score = scorer.score.weight.detach().float()  # (1, hidden), no bias
+    score = trunk.score.weight.detach().float()  # (1, hidden), no bias
     value_head = torch.nn.Linear(score.shape[1], 1).to(score.device)
     with torch.no_grad():
-        value_head.weight.copy_(score / stats["score_std"])
-        value_head.bias.fill_(-stats["score_mean"] / stats["score_std"])
-    return critic, value_head, scorer
+        value_head.weight.copy_(score / first["score_std"])
+        value_head.bias.fill_(-first["score_mean"] / first["score_std"])
+    return critic, value_head, scorer, stats

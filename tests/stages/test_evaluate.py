@@ -70,6 +70,10 @@ def test_evaluate_stage(evaluated):
     assert {"repetition_sft", "distinct2_policy", "empty_share_policy", "cutoff_share_sft",
             "fluency_perplexity_policy", "fluency_perplexity_sft"} <= set(metrics)
     assert metrics["kl_policy_sft"] > -0.5  # an estimate of a non-negative quantity; noisy on 12 samples
+    # one reward model: no disagreement to rise, so the uncertainty check passes
+    assert metrics["rm_std_sft"] == metrics["rm_std_policy"] == metrics["rm_uncertainty_rise"] == 0
+    assert metrics["gate_rm_uncertainty_rise"] is True
+    assert metrics["rm_member_min_accuracy"] == metrics["rm_ensemble_accuracy"]
     samples = [json.loads(line) for line in (work / "metrics/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and {"prompt", "sft_answer", "policy_answer", "policy_oracle"} <= set(samples[0])
     hist = json.loads((work / "metrics/plots/reward_hist.json").read_text())

@@ -14,8 +14,9 @@ from tests.stages.test_align import run_align
 GOOD = {"rm_win_rate": 0.7, "oracle_win_rate": 0.6, "kl_policy_sft": 1.5, "length_sft": 10.0, "length_policy": 12.0,
         "chosen_perplexity_sft": 3.0, "chosen_perplexity_policy": 3.3, "repetition_policy": 0.05,
         "empty_share_policy": 0.0, "cutoff_share_policy": 0.02, "distinct2_policy": 0.9,
-        "distinct2_sft": 1.0}
-DEGENERATION = {"max_repetition": 0.2, "max_empty_share": 0.05, "max_cutoff_share": 0.1, "min_distinct2_ratio": 0.5}
+        "distinct2_sft": 1.0, "rm_uncertainty_rise": 0.1}
+DEGENERATION = {"max_repetition": 0.2, "max_empty_share": 0.05, "max_cutoff_share": 0.1, "min_distinct2_ratio": 0.5,
+                "max_uncertainty_rise": 0.2}
 GATE = Gate(min_rm_win_rate=0.5, min_oracle_win_rate=0.4, max_kl=4.0, max_length_change=0.4, max_perplexity_rise=0.5,
             **DEGENERATION)
 
@@ -35,6 +36,7 @@ def test_gate_passes_a_policy_within_every_threshold():
     ("empty_share_policy", 0.1, "empty_share_policy = 0.1 (must be <= 0.05, eval.gate.max_empty_share)"),
     ("cutoff_share_policy", 0.25, "cutoff_share_policy = 0.25 (must be <= 0.1, eval.gate.max_cutoff_share)"),
     ("distinct2_policy", 0.26, "distinct2_ratio = 0.26 (must be >= 0.5, eval.gate.min_distinct2_ratio)"),  # 0.26/1
+    ("rm_uncertainty_rise", 0.25, "rm_uncertainty_rise = 0.25 (must be <= 0.2, eval.gate.max_uncertainty_rise)"),
 ])
 def test_gate_names_each_failed_check_with_value_and_threshold(key, value, check):
     assert gate.failures({**GOOD, key: value}, GATE) == [check]
@@ -55,7 +57,7 @@ def test_verdict_is_one_boolean_per_check_that_ran():
     assert gate.verdict(bad, GATE) == {
         "gate_passed": False, "gate_rm_win_rate": True, "gate_kl_policy_sft": False, "gate_length_change": True,
         "gate_perplexity_rise": True, "gate_repetition_policy": True, "gate_empty_share_policy": True,
-        "gate_cutoff_share_policy": True, "gate_distinct2_ratio": True}
+        "gate_cutoff_share_policy": True, "gate_distinct2_ratio": True, "gate_rm_uncertainty_rise": True}
     assert gate.verdict(GOOD, GATE)["gate_passed"] is True
 
 

@@ -205,7 +205,7 @@ def test_reward_function_scores_ended_answers_with_the_turn_end():
     score 9. Prompt (3) + answer (6, 7) was cut off: scored as it is, score 7. Normalized with mean 1, std 2:
     (9-1)/2 = 4, (7-1)/2 = 3."""
     tokenizer = SimpleNamespace(pad_token_id=0)
-    score = scoring.reward_function(LastTokenScorer(), {"score_mean": 1.0, "score_std": 2.0}, tokenizer, (2, [9]), 8)
+    score = scoring.reward_function(LastTokenScorer(), [{"score_mean": 1.0, "score_std": 2.0}], tokenizer, (2, [9]), 8)
     raw, normalized, std, members = score([[1, 2], [3]], [[5, 2], [6, 7]])
     assert raw.tolist() == [9, 7] and normalized.tolist() == [4, 3]
     assert std.tolist() == [0, 0] and members.tolist() == [[4], [3]]
@@ -338,14 +338,15 @@ def test_separate_critic_starts_at_the_normalized_reward(tiny_trained):
     root = tiny_trained
     params = config.load(root / "params.yaml")
     _, lora, _ = train.resolve(params, params.sft, None)
-    stats = {"score_mean": 0.3, "score_std": 2.0}
-    scorer, _ = models.reward_model(root / "models/base", root / "models/sft", root / "models/reward", params.model)
+    scorer, stats = models.reward_model(root / "models/base", root / "models/sft", root / "models/reward", params.model)
+    stats = [{**stats[0], "score_mean": 0.3, "score_std": 2.0}]
     ids = torch.tensor([[5, 17, 23, 42, 7, 99, 3]])
     prefixes = [ids[0, : p + 1].tolist() for p in range(2, 6)]  # the state before answer token t sees ids[: t + 1]
     raw = scoring.reward_scores(scorer, prefixes, pad_id=0)
     trunk = scorer.get_base_model().model
-    critic, head, scorer = critic_from_reward_model(params, scorer, lora, stats)
+    critic, head, scorer, stats = critic_from_reward_model(params, scorer, lora, stats)
     assert critic.get_base_model() is trunk and scorer.model is trunk  # no second copy of the weights
+    assert "adapter" not in stats[0]  # the merged scorer has none to switch to
     with torch.no_grad():
         values = rollouts.critic_values(critic, head, ids, torch.ones_like(ids), torch.tensor([2]), 4)
     torch.testing.assert_close(values[0], (raw - 0.3) / 2.0, atol=1e-4, rtol=1e-4)

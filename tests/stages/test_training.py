@@ -148,9 +148,14 @@ def test_sft_is_deterministic(tiny_data):
 
 def test_reward_stage_outputs_and_stats(tiny_trained):
     metrics = json.loads((tiny_trained / "metrics/reward.json").read_text())
-    stats = json.loads((tiny_trained / "models/reward" / reward.STATS_FILE).read_text())
+    stats = json.loads((tiny_trained / "models/reward/member-0" / reward.STATS_FILE).read_text())
     for key in ("accuracy", "mean_margin", "score_mean", "score_std"):
         assert metrics[key] == stats[key]
+    # one reward model (reward.ensemble.members 1): the ensemble is its only member, and scores as it does
+    assert metrics["member_0_accuracy"] == metrics["ensemble_accuracy"] == metrics["accuracy"]
+    assert "member_1_accuracy" not in metrics
+    ensemble = json.loads((tiny_trained / "models/reward" / models.REWARD_ENSEMBLE_FILE).read_text())
+    assert ensemble["members"] == ["member-0"] and ensemble["accuracy"] == metrics["accuracy"]
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["score_std"] > 0
     assert (tiny_trained / "dvclive/reward/plots/metrics/loss.tsv").exists()
 
@@ -170,7 +175,8 @@ def test_reward_score_matches_a_direct_forward_pass(tiny_trained):
     assert batched.tolist() == pytest.approx(direct, abs=1e-5)
     # and the saved stats are what the loaded model gives on the whole validation split
     chosen, rejected = reward.score_pairs(model, validation, tokenizer.pad_token_id, 16)
-    assert reward.pair_stats(chosen, rejected)["accuracy"] == stats["accuracy"]
+    assert [s["adapter"] for s in stats] == ["member-0"]
+    assert reward.pair_stats(chosen, rejected)["accuracy"] == stats[0]["accuracy"]
 
 
 def test_pair_stats_hand_computed():
@@ -238,5 +244,6 @@ def test_saved_adapters_list_their_modules_in_one_order(tiny_trained):
     """PEFT writes the modules `all-linear` resolves to from a set, in an order that changes between processes; the
     saved SFT and reward adapters list them sorted, so a rerun gives the same bytes and the same DVC hash."""
     for stage in ("sft", "reward"):
-        modules = json.loads((tiny_trained / f"models/{stage}/adapter_config.json").read_text())["target_modules"]
+        folder = tiny_trained / f"models/{stage}" / ("member-0" if stage == "reward" else "")
+        modules = json.loads((folder / "adapter_config.json").read_text())["target_modules"]
         assert len(modules) > 3 and modules == sorted(modules), stage

@@ -217,7 +217,7 @@ def test_reward_scores_an_ended_answer_with_the_template_turn_end(family):
     scorer.parameters = lambda: iter([torch.zeros(1)])
     ex = tokenize.encode(conversations(spec)[0], tok, "keep")
     answer = ex["chosen_ids"][: len(ex["chosen_ids"]) - len(turn_end[1])]  # as generated: up to the end token
-    scoring.reward_function(scorer, {"score_mean": 0.0, "score_std": 1.0}, tok, turn_end, 4)(
+    scoring.reward_function(scorer, [{"score_mean": 0.0, "score_std": 1.0}], tok, turn_end, 4)(
         [ex["prompt_ids"]], [answer])
     assert seen == [ex["prompt_ids"] + ex["chosen_ids"]]
 
