@@ -72,7 +72,7 @@ def main():
         project = args.project or scratch_project(Path(tmp) / "project")
         (Path(tmp) / "measure").mkdir()
         section = run(project, Path(tmp) / "measure")
-    section["inputs"] = f"the default `dvc repro` in {args.project}" if args.project else f"default params, {FEW_STEPS}"
+    section["inputs"] = "the outputs of a default `dvc repro` (--project)" if args.project else f"default params, {FEW_STEPS}"
     report = read_json(args.out) if args.out.is_file() else {}
     report["evaluate_cost"] = {**section, "device": machine.device()}
     write_json(args.out, report)

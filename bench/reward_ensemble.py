@@ -114,7 +114,7 @@ def main():
         overrides = (QUICK if args.quick else {}) | ({"reward.max_steps": args.steps} if args.steps else {}) | (
             {"eval.num_prompts": args.prompts} if args.prompts else {})
         section = run(project, Path(tmp) / "measure", args.size, overrides)
-    section["inputs"] = f"the default `dvc repro` in {args.project}" if args.project else "quick: tiny scratch project"
+    section["inputs"] = "the outputs of a default `dvc repro` (--project)" if args.project else "quick: tiny scratch project"
     section["overrides"] = overrides
     report = read_json(args.out) if args.out.is_file() else {}
     report["reward_ensemble"] = {**section, "quick": args.quick, "device": machine.device()}
