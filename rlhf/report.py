@@ -42,9 +42,10 @@ STUDIES = {
         "title": "GRPO: one reward model against an ensemble of 4 with the conservative reward",
         "text": ("GRPO trained against one reward model, and against an ensemble of 4 (members differing by seed and "
                  "bootstrap sample) whose reward is the members' mean minus their std (`grpo.rewards.aggregate: "
-                 "mean_minus_std`, coefficient 1). Same steps, same held-out prompts, judged by the oracle and by the "
-                 "single reward model of the baseline. The gap is the reward-model win rate minus the oracle win "
-                 "rate: the over-optimisation an ensemble is meant to shrink."),
+                 "mean_minus_std`, coefficient 1). Same steps, same held-out prompts. The oracle judges both; the "
+                 "reward-model win rate is each arm's own judge, the reward model(s) it trained against (for the "
+                 "ensemble, the members' mean), so the gap, reward-model win rate minus oracle win rate, is how far "
+                 "the policy fooled its own reward: the over-optimisation an ensemble is meant to shrink."),
         "arms": {"grpo": ["method=grpo"],
                  "grpo_ensemble": ["method=grpo", "reward.ensemble.members=4", "grpo.rewards.aggregate=mean_minus_std"]}},
     "online": {

@@ -149,9 +149,11 @@ def step_callback(live):
     from transformers.integrations import DVCLiveCallback
 
     class OptimizerStepDVCLiveCallback(DVCLiveCallback):
+        offset = 0  # optimizer steps taken before this trainer's first (online_dpo's earlier rounds)
+
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
             logs = dict(logs or {})
-            self.live.step = logs.pop("step", state.global_step)
+            self.live.step = logs.pop("step", state.global_step) + self.offset
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
     return OptimizerStepDVCLiveCallback(live=live)

@@ -173,11 +173,13 @@ def train_round(params, section, policy, rows, validation, tokenizer, report_to,
 
 
 def replay(callbacks, log: list[dict]) -> None:
-    """A finished round's logged metrics into the DVCLive curves of a resumed run, which skips that round."""
+    """A finished round's logged metrics into the DVCLive curves of a resumed run, which skips that round, each at its
+    optimizer step (after the earlier rounds' steps, the callbacks' offset)."""
     from dvclive.utils import standardize_metric_name
 
     for callback in callbacks:
         for entry in log:
+            callback.live.step = entry.get("step", 0) + callback.offset
             for key, value in entry.items():
                 if isinstance(value, (int, float)):
                     callback.live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value)
@@ -202,9 +204,11 @@ def run(params, paths, out):
     report_to, callbacks = train.trackers(params.tracking, paths.align_live)
     checkpoints = Path(paths.align_checkpoints)
     resuming.resume_point(checkpoints, train.align_inputs(paths), **resuming.align_sections(params, params.method))
-    policy, rounds, last = None, {}, {}
+    policy, rounds, last, steps_before = None, {}, {}, 0
     for r in range(1, section.rounds + 1):
         folder = checkpoints / f"round-{r}"
+        for callback in callbacks:  # the curves go on across rounds, at the optimizer steps of all rounds so far
+            callback.offset = steps_before
         if (folder / DONE).is_file():
             print(f"online_dpo: round {r} finished before; kept from {folder}")
             done = read_json(folder / DONE)
@@ -219,6 +223,7 @@ def run(params, paths, out):
             print(f"online_dpo: round {r}: {data}")
         rounds[str(r)] = {**done["data"], "steps": done["metrics"]["steps"], "loss": done["metrics"].get("loss")}
         last = done["metrics"]
+        steps_before += last["steps"]
     # -- the output: the last round's adapter, and every round's pairs and counts
     policy = current_policy(params, paths, lora, checkpoints, section.rounds + 1, policy)
     for f in (checkpoints / f"round-{section.rounds}" / "adapter").iterdir():
