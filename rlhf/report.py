@@ -102,18 +102,26 @@ def machine() -> str:
     return text + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU")
 
 
-def collect(rev: str | None) -> dict:
-    command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--rev", rev] if rev else [])]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise UserError(f"`dvc exp show --json` failed: {done.stderr.strip()} Run it from the repository root.")
-    found, baseline = experiments(json.loads(done.stdout))
+def collect(revs: list[str]) -> dict:
+    """The record of the experiments derived from each commit in `revs` (HEAD if none): an experiment named in two
+    commits is taken from the later one in `revs`."""
+    found, baselines = {}, []
+    for rev in revs or [None]:
+        command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--rev", rev] if rev else [])]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserError(f"`dvc exp show --json` failed: {done.stderr.strip()} Run it from the repository root.")
+        exps, baseline = experiments(json.loads(done.stdout))
+        found |= {e["name"]: e for e in exps}
+        if baseline:
+            baselines.append(baseline[:7])
     if not found:
         raise UserError("dvc exp show lists no finished experiment named <arm>-seed<k>: run `make compare` first "
                         "(or pass --rev with the commit the experiments were run from).")
+    found = sorted(found.values(), key=lambda e: (e["arm"], e["seed"]))
     dates = [e.pop("date") for e in found]
     return {"machine": machine(), "date": max(d for d in dates if d)[:10] if any(dates) else
-            datetime.now(timezone.utc).date().isoformat(), "revision": baseline[:7], "experiments": found}
+            datetime.now(timezone.utc).date().isoformat(), "revision": ", ".join(baselines), "experiments": found}
 
 
 # -- pure formatting
@@ -251,8 +259,8 @@ def render(record: dict) -> str:
         "",
         f"- machine: {record['machine']}",
         f"- date: {record['date']}",
-        f"- git revision: `{record['revision']}` (the experiments' baseline commit), default params, held-out",
-        "  validation prompts",
+        f"- git revision: `{record['revision']}` (the experiments' baseline commit or commits), default params,",
+        "  held-out validation prompts",
         f"- SFT: mean oracle reward {first.get('oracle_mean_sft', float('nan')):.3f}, answer length "
         f"{first['length_sft']:.1f} tokens",
         "",
@@ -279,7 +287,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help=f"write {INPUT} and {OUTPUT}")
     parser.add_argument("--render", action="store_true", help=f"write {OUTPUT} from the committed {INPUT}, no DVC")
-    parser.add_argument("--rev", help="the commit the experiments were run from (dvc exp show --rev); default HEAD")
+    parser.add_argument("--rev", action="append", default=[],
+                        help="a commit the experiments were run from (dvc exp show --rev), repeatable; default HEAD")
     parser.add_argument("--plan", metavar="STUDY", help=f"print the experiments to queue: {', '.join(STUDIES)}")
     parser.add_argument("--seeds", type=int, default=3, help="align seeds per arm, for --plan")
     args = parser.parse_args()

@@ -173,3 +173,25 @@ def test_results_page_matches_its_committed_input():
     assert (REPO / report.OUTPUT).read_text() == report.render(record)
     assert not any(math.isnan(v) for e in record["experiments"] for v in e["metrics"].values()
                    if isinstance(v, float))
+
+
+def test_collect_joins_the_experiments_of_several_baselines(monkeypatch):
+    """--rev A --rev B: the experiments derived from both commits; a name in both is taken from the later one, and the
+    record names both baselines."""
+    from types import SimpleNamespace
+
+    shows = {"aaaaaaa1": [{"rev": "aaaaaaa1", "name": None, "data": {}, "experiments": [
+                 {"revs": [show_entry("dpo-seed0", "dpo", 0, {"oracle_win_rate": 0.6})]},
+                 {"revs": [show_entry("kto-seed0", "kto", 0, {"oracle_win_rate": 0.5})]}]}],
+             "bbbbbbb2": [{"rev": "bbbbbbb2", "name": None, "data": {}, "experiments": [
+                 {"revs": [show_entry("kto-seed0", "kto", 0, {"oracle_win_rate": 0.55})]}]}]}
+
+    def fake_run(command, **kwargs):
+        return SimpleNamespace(returncode=0, stdout=json.dumps(shows[command[command.index("--rev") + 1]]))
+
+    monkeypatch.setattr(report.subprocess, "run", fake_run)
+    monkeypatch.setattr(report, "machine", lambda: "m")
+    record = report.collect(["aaaaaaa1", "bbbbbbb2"])
+    assert [(e["name"], e["metrics"]["oracle_win_rate"]) for e in record["experiments"]] == [("dpo-seed0", 0.6),
+                                                                                          ("kto-seed0", 0.55)]
+    assert record["revision"] == "aaaaaaa, bbbbbbb"
