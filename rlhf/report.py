@@ -53,6 +53,17 @@ STUDIES = {
         "text": ("Offline DPO on the dataset's pairs, and DPO rounds on pairs of the policy's own answers judged by "
                  "the reward model (best against worst per prompt), with the same total optimizer steps."),
         "arms": {"dpo": ["method=dpo"], "online_dpo": ["method=online_dpo"]}},
+    "ppo": {
+        "title": "PPO options",
+        "text": ("Our PPO with its defaults (a value head on the policy's trunk, rewards normalized by the reward "
+                 "stage's validation pairs, a fixed KL coefficient), and with one option changed per arm: a separate "
+                 "critic initialised from the reward model (`ppo.critic: separate`), the reward normalized by the "
+                 "reward model's scores on SFT answers (`ppo.reward_normalization: sft_samples`, as Ziegler et al.), "
+                 "and the adaptive KL coefficient (`ppo.adap_kl_ctrl: true`). Same rounds, same held-out prompts."),
+        "arms": {"ppo": ["method=ppo"],
+                 "ppo_separate_critic": ["method=ppo", "ppo.critic=separate"],
+                 "ppo_sft_normalization": ["method=ppo", "ppo.reward_normalization=sft_samples"],
+                 "ppo_adaptive_kl": ["method=ppo", "ppo.adap_kl_ctrl=true"]}},
 }
 
 
