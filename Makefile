@@ -55,9 +55,11 @@ PRESET := real-model
 preset: $(STAMP)
 	python -m rlhf.preset configs/$(PRESET).yaml
 
-# The generated params reference, docs/params.md, from params.yaml's comments (tests/unit/test_docs.py checks it).
+# The generated docs: the params reference, docs/params.md, from params.yaml's comments, and the benchmark figures in
+# bench/README.md and README.md from metrics/bench.json (tests/unit/test_docs.py and tests/repo/test_docs.py check them).
 docs: $(STAMP)
 	python -m rlhf.docs --write
+	python -m bench.report --write
 
 test: $(STAMP)
 	python -m pytest

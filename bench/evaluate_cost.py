@@ -74,7 +74,7 @@ def main():
         section = run(project, Path(tmp) / "measure")
     section["inputs"] = "the outputs of a default `dvc repro` (--project)" if args.project else f"default params, {FEW_STEPS}"
     report = read_json(args.out) if args.out.is_file() else {}
-    report["evaluate_cost"] = {**section, "device": machine.device()}
+    report["evaluate_cost"] = {**section, **machine.stamp()}
     write_json(args.out, report)
     print(section)
 

@@ -77,7 +77,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         section = run(Path(tmp), args.before, args.quick)
     report = read_json(args.out) if args.out.is_file() else {}
-    report["evaluate_memory"] = {**section, "device": machine.device()}
+    report["evaluate_memory"] = {**section, **machine.stamp()}
     write_json(args.out, report)
     print(section)
 

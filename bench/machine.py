@@ -3,9 +3,11 @@
 On 2 cores, a second torch process running at the same time can slow a training run by 20x (its threads and ours
 wait on each other), so every measurement waits for the machine to be quiet first and reports the share of the cores
 that other processes used while it ran."""
+import datetime
 import os
 import platform
 import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +26,14 @@ def device() -> dict:
     return {"cpu": model or platform.processor(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "memory_gib": round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def stamp() -> dict:
+    """Where and when a section was measured: the date, this checkout's commit and the machine."""
+    repo = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git": commit or None,
+            "device": device()}
 
 
 def busy_seconds() -> float:
@@ -66,4 +76,4 @@ class Watch:
         wall = time.perf_counter() - self.start
         other = (busy_seconds() - self.busy) - (own_cpu_seconds() - self.own)
         return {"other_cpu_share": round(max(0.0, other) / (wall * os.cpu_count()), 3),
-                "waited_for_quiet_seconds": self.waited}
+                "waited_for_quiet_seconds": self.waited, "cpu_seconds": round(own_cpu_seconds() - self.own, 1)}

@@ -2,7 +2,7 @@
 of our SFT (rlhf.sft.run_sft, as the stage calls it), both measured in the same run, and their ratios. Not part of
 the test suite, and not part of `bench.run` (4-bit layers are slow on a CPU: run it on its own).
 
-    python -m bench.qlora [--out metrics/bench_qlora.json] [--steps 4] [--batch 2] [--quick]
+    python -m bench.qlora [--out metrics/bench.json] [--steps 4] [--batch 2] [--quick]
 
 The model folder and its project (fetch, prepare, base, tokenize) are made as bench/qwen.py makes them, from this
 working tree. Each training runs in a fresh process once the machine is quiet (bench/machine.py), so its peak RSS is
@@ -10,7 +10,6 @@ its own; `other_cpu_share` says how much other work ran meanwhile.
 """
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import tempfile
@@ -81,17 +80,17 @@ def run(work: Path, quick: bool, steps: int, batch: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description="LoRA vs QLoRA 4-bit on the Qwen2-0.5B shape; writes one JSON file.")
     parser.add_argument("--quick", action="store_true", help="a 2-layer body of width 64: a check that it runs")
-    parser.add_argument("--out", default="metrics/bench_qlora.json", help="JSON file to write")
+    parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"), help="JSON file: section `qlora`")
     parser.add_argument("--steps", type=int, default=4, help="SFT steps of each run")
     parser.add_argument("--batch", type=int, default=2, help="per-device batch size")
     args = parser.parse_args()
     os.environ.update(pipeline.ENV)
-    report = {"quick": args.quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": machine.device(), "versions": provenance()["versions"]}
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-qlora-") as tmp:
-        report["qlora_vs_lora"] = run(Path(tmp), args.quick, args.steps, args.batch)
+        section = run(Path(tmp), args.quick, args.steps, args.batch)
+    report["qlora"] = {**section, "quick": args.quick, **machine.stamp(), "versions": provenance()["versions"]}
     write_json(args.out, report)
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report["qlora"], indent=2))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def main():
     section["inputs"] = "the outputs of a default `dvc repro` (--project)" if args.project else "quick: tiny scratch project"
     section["overrides"] = overrides
     report = read_json(args.out) if args.out.is_file() else {}
-    report["reward_ensemble"] = {**section, "quick": args.quick, "device": machine.device()}
+    report["reward_ensemble"] = {**section, "quick": args.quick, **machine.stamp()}
     write_json(args.out, report)
     print(section)
 

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import pipeline
+from bench import machine, pipeline
 from rlhf.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,8 @@ def main():
     os.environ.update(pipeline.ENV)
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="rlhf-sweep-") as tmp:
-        report[args.key] = {**report.get(args.key, {}), **run(args.rev, Path(tmp), not args.no_compare)}
+        report[args.key] = {**report.get(args.key, {}), **run(args.rev, Path(tmp), not args.no_compare),
+                           **machine.stamp()}
     write_json(args.out, report)
     print(json.dumps(report[args.key], indent=2))
 

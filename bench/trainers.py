@@ -245,8 +245,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="rlhf-dpo-ref-") as work:
         result = dpo_precomputed_reference(config.load(), data, args.steps, args.repeats, Path(work))
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report["dpo_precomputed_reference"] = {"steps": args.steps, "repeats": args.repeats, "device": machine.device(),
-                                           **result}
+    report["dpo_precomputed_reference"] = {"steps": args.steps, "repeats": args.repeats, **machine.stamp(), **result}
     write_json(args.out, report)
     print(json.dumps(report["dpo_precomputed_reference"], indent=2))
 

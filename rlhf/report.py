@@ -64,6 +64,13 @@ STUDIES = {
                  "ppo_separate_critic": ["method=ppo", "ppo.critic=separate"],
                  "ppo_sft_normalization": ["method=ppo", "ppo.reward_normalization=sft_samples"],
                  "ppo_adaptive_kl": ["method=ppo", "ppo.adap_kl_ctrl=true"]}},
+    "dpo_beta": {
+        "title": "DPO's beta",
+        "text": ("A sweep of `dpo.beta`, the strength of DPO's implicit KL constraint to the SFT reference: the "
+                 "default 0.1 against a third of it and three times it. Lower lets the policy move further from SFT."),
+        "arms": {"dpo": ["method=dpo"],
+                 "dpo_beta_0_03": ["method=dpo", "dpo.beta=0.03"],
+                 "dpo_beta_0_3": ["method=dpo", "dpo.beta=0.3"]}},
 }
 
 

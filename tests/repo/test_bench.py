@@ -47,3 +47,16 @@ def test_committed_bench_json_holds_no_machine_paths():
         machine_path = re.compile(r"(^|[\s'\"(=])/(tmp|work|home|root|Users|var)/")
         found = [s for s in strings(json.loads(path.read_text())) if machine_path.search(s)]
         assert not found, f"{path.name} holds machine paths: {found[:3]}"
+
+
+def test_report_fills_a_block_from_the_json_and_names_a_missing_section():
+    from bench import report
+    bench = {"evaluate_cost": {"prompts_answered": 500, "max_new_tokens": 32, "inputs": "x", "oracle_win_rate": 0.62,
+                               "oracle_win_rate_ci_half_width": 0.042, "worst_case_ci_half_width": 0.044,
+                               "sft_answers": {"wall_seconds": 9.01, "peak_rss_mib": 548.3, "other_cpu_share": 0.004},
+                               "evaluate": {"wall_seconds": 11.37, "peak_rss_mib": 606.1, "other_cpu_share": 0.02}}}
+    text = "a\n<!-- bench.report evaluate_cost -->\nold figures\n<!-- /bench.report -->\nb\n"
+    new = report.render(text, bench)
+    assert "old figures" not in new and "| `evaluate` | 11.4 s | 606 MiB |" in new and new.endswith("b\n")
+    assert "at most 2.0% of the cores" in new  # the busiest measurement of the section
+    assert "`python -m bench.qlora` writes it" in report.render(text.replace("evaluate_cost", "qlora"), bench)

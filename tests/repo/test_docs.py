@@ -140,3 +140,39 @@ def test_readme_is_a_guide_of_at_most_250_lines():
 def test_no_page_states_the_old_three_methods():
     """The methods are six (and growing): no page may say the pipeline offers "DPO, ORPO or PPO"."""
     assert not [p for p in PAGES if "DPO, ORPO or PPO" in p.read_text()]
+
+
+# A measured figure: a number with a unit of time, memory, share or speed-up. Outside fenced blocks, inline code and
+# the blocks that bench.report generates, no page may state one: measurements come from metrics/bench.json
+# (bench.report) or from the experiments (rlhf.report), never typed by hand.
+MEASURED = re.compile(r"(?<![\w.`-])\d[\d,]*(?:\.\d+)?\s?(?:ms|s|min|minutes|seconds|MiB|GiB|MB|GB|KB|%|x|pairs/s|µs)"
+                      r"(?![\w`])")
+SETTINGS = {"95%", "8 GB"}  # settings, not measurements: the intervals' level, compute.preset's GPU threshold
+GENERATED = {"results.md", "params.md"}
+
+
+def measured_figures(text: str) -> list[str]:
+    prose = re.sub(r"<!-- bench\.report \w+ -->.*?<!-- /bench\.report -->", "", text, flags=re.S)
+    prose = re.sub(r"^```.*?^```", "", prose, flags=re.S | re.M)
+    prose = re.sub(r"`[^`\n]+`", "", prose)
+    return [m for m in MEASURED.findall(prose) if m not in SETTINGS]
+
+
+def test_the_figure_check_finds_a_typed_figure():
+    typed = "The full run took 136 s and 761 MiB, 24% of it in align (1.27x plain TRL)."
+    assert measured_figures(typed) == ["136 s", "761 MiB", "24%", "1.27x"]
+    assert measured_figures("`took 12 s`\n<!-- bench.report pipeline -->\n12 s\n<!-- /bench.report -->\n95%") == []
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name not in GENERATED], ids=lambda p: str(p.relative_to(REPO)))
+def test_no_measured_figure_is_typed_by_hand(page):
+    found = measured_figures(page.read_text())
+    assert not found, (f"{page.relative_to(REPO)} states measured figures by hand: {found}. Put them in "
+                       "metrics/bench.json (a bench/ script) and a generated block (bench/report.py), or drop them.")
+
+
+def test_generated_benchmark_blocks_match_metrics_bench_json():
+    from bench import report
+    assert not report.stale(report.read_json(report.BENCH)), "run `python -m bench.report --write`"
+    names = {m["name"] for path in report.FILES for m in report.BLOCK.finditer(path.read_text())}
+    assert names == set(report.BLOCKS), f"blocks used {sorted(names)} against defined {sorted(report.BLOCKS)}"
