@@ -90,21 +90,28 @@ def missing(key: str, command: str) -> list[str]:
 
 @block
 def quickstart(bench: dict) -> list[str]:
-    """README's quick start: the two commands' wall time on a quiet machine and their CPU time."""
-    q = bench.get("quickstart")
+    """README's quick start: the two commands' wall and CPU time, quiet and, where measured, beside busy processes."""
+    q, loaded = bench.get("quickstart"), bench.get("quickstart_loaded")
     if not q:
         return missing("quickstart", "python -m bench.quickstart")
-    rows = []
-    for name, printed in (("repro", "a `Running stage '<name>':` block per stage, then `evaluate: eval.gate passed` "
-                                    "and `export: models/export (dpo, float32, gate passed)`"),
-                          ("test", "pytest's summary, `" + q["test"].get("summary", "... passed") + "`")):
-        m = q[name]
-        rows.append([f"`make {name}`", printed, f"{secs(m['wall_seconds'])} wall, {secs(m['cpu_seconds'])} of CPU "
-                     f"(other processes: {pct(m['other_cpu_share'])} of the cores)"])
-    return table(["command", "what it prints at the end", "time on 2 CPU cores, `.venv/` already made"], rows) + [
-        "", where(q) + " On a busy machine the wall time is at least the CPU time divided by the cores left free "
-        "(one free core: about the CPU time), and more where processes contend for the same cores. "
-        "`python -m bench.quickstart` measures both commands in a fresh clone."]
+    printed = {"repro": "a `Running stage '<name>':` block per stage, then `evaluate: eval.gate passed` and "
+                        "`export: models/export (dpo, float32, gate passed)`",
+               "test": "pytest's summary, `" + q["test"].get("summary", "... passed") + "`"}
+
+    def cell(m: dict) -> str:
+        return f"{secs(m['wall_seconds'])} wall, {secs(m['cpu_seconds'])} of CPU"
+
+    header = ["command", "what it prints at the end", "quiet machine"]
+    if loaded:
+        header.append(f"beside {loaded['load_processes']} busy process{'es' if loaded['load_processes'] > 1 else ''}")
+    rows = [[f"`make {n}`", printed[n], cell(q[n])] + ([cell(loaded[n])] if loaded else []) for n in ("repro", "test")]
+    lines = table(header, rows) + ["", "Times on 2 CPU cores with `.venv/` already made (its pip install comes on top "
+                                   "the first time). Quiet: m" + where(q)[1:]]
+    if loaded:
+        lines.append("Busy: m" + where(loaded)[1:])
+    return lines + ["On a busier machine the wall time is at least the CPU time divided by the cores left free, and "
+                    "more where processes contend for the same cores. `python -m bench.quickstart [--load N]` measures "
+                    "both commands in a fresh clone."]
 
 
 @block
