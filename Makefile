@@ -88,7 +88,8 @@ compare: study
 	python -m rlhf.plots --out plots $(addsuffix -seed0,$(METHODS))
 
 # One study of rlhf/report.py's STUDIES x SEEDS align seeds: make study STUDY=ensemble (GRPO with one reward model
-# against an ensemble of 4 and the conservative reward) or STUDY=online (on-policy DPO rounds against offline DPO).
+# against an ensemble of 4 and the conservative reward), STUDY=online (on-policy DPO rounds against offline DPO),
+# STUDY=ppo (PPO's options one at a time) or STUDY=dpo_beta (a sweep of DPO's beta).
 # Its table joins docs/results.md at the next `make report`.
 study: $(STAMP)
 	@$(BASELINE)
@@ -98,9 +99,12 @@ study: $(STAMP)
 	python -m rlhf.paths
 	python -m rlhf.report
 
-# docs/results.md and its committed input metrics/experiments.json, from make compare's experiments and the machine
+# docs/results.md and its committed input metrics/experiments.json, from make compare's experiments and the machine.
+# REVS: the commits the experiments were run from, when not HEAD (make report REVS="4c0e853 320d885"; a name run
+# from two of them is taken from the later).
+REVS :=
 report: $(STAMP)
-	python -m rlhf.report --write
+	python -m rlhf.report --write $(addprefix --rev ,$(REVS))
 
 # Re-resolve the whole dependency set from requirements.in into requirements.lock.
 lock:
