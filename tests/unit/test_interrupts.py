@@ -38,8 +38,11 @@ def start_stage(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
     script = tmp_path / "stage.py"
     script.write_text(STAGE)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGINT as a terminal gives it: a background job of a non-interactive shell (nohup ... &) starts with SIGINT
+    # ignored, which its children inherit, and Python then installs no KeyboardInterrupt handler at all
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "started"
     for _ in range(100):
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
