@@ -105,8 +105,7 @@ def quickstart(bench: dict) -> list[str]:
     if loaded:
         header.append(f"beside {loaded['load_processes']} busy process{'es' if loaded['load_processes'] > 1 else ''}")
     rows = [[f"`make {n}`", printed[n], cell(q[n])] + ([cell(loaded[n])] if loaded else []) for n in ("repro", "test")]
-    lines = table(header, rows) + ["", "Times on 2 CPU cores with `.venv/` already made (its pip install comes on top "
-                                   "the first time). Quiet: m" + where(q)[1:]]
+    lines = table(header, rows) + ["", "Times on 2 CPU cores with `.venv/` already made. Quiet: m" + where(q)[1:]]
     if loaded:
         lines.append("Busy: m" + where(loaded)[1:])
     return lines + ["On a busier machine the wall time is at least the CPU time divided by the cores left free, and "
