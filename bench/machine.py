@@ -28,12 +28,16 @@ def device() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def stamp() -> dict:
-    """Where and when a section was measured: the date, this checkout's commit and the machine."""
-    repo = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git": commit or None,
-            "device": device()}
+def stamp(git: bool = True) -> dict:
+    """Where and when a section was measured: the date, the machine and, with `git`, this checkout's commit (leave it
+    out where the section records the commit it measured, which may be another: bench.sweep's `rev`, bench.scale's
+    `git` of `--code`)."""
+    found = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device()}
+    if git:
+        repo = Path(__file__).resolve().parents[1]
+        found["git"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                      text=True).stdout.strip() or None
+    return found
 
 
 def busy_seconds() -> float:

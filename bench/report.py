@@ -23,9 +23,15 @@ BLOCK = re.compile(r"(<!-- bench\.report (?P<name>\w+) -->\n)(?P<body>.*?)(<!-- 
 BLOCKS = {}
 
 
-def block(function):
-    BLOCKS[function.__name__] = function
-    return function
+def block(key: str, command: str):
+    """Register a block: a function of its main section of the JSON (`key`) and of the whole JSON. A JSON without
+    that section gives, in place of the block, the line saying that `command` writes it."""
+    def register(function):
+        def made(bench: dict) -> list[str]:
+            return function(bench[key], bench) if bench.get(key) else missing(key, command)
+        BLOCKS[function.__name__] = made
+        return function
+    return register
 
 
 # -- formatting
@@ -88,12 +94,10 @@ def missing(key: str, command: str) -> list[str]:
 
 # -- the blocks
 
-@block
-def quickstart(bench: dict) -> list[str]:
+@block("quickstart", "python -m bench.quickstart")
+def quickstart(q: dict, bench: dict) -> list[str]:
     """README's quick start: the two commands' wall and CPU time, quiet and, where measured, beside busy processes."""
-    q, loaded = bench.get("quickstart"), bench.get("quickstart_loaded")
-    if not q:
-        return missing("quickstart", "python -m bench.quickstart")
+    loaded = bench.get("quickstart_loaded")
     printed = {"repro": "a `Running stage '<name>':` block per stage, then `evaluate: eval.gate passed` and "
                         "`export: models/export (dpo, float32, gate passed)`",
                "test": "pytest's summary, `" + q["test"].get("summary", "... passed") + "`"}
@@ -113,20 +117,18 @@ def quickstart(bench: dict) -> list[str]:
                     "both commands in a fresh clone."]
 
 
-@block
-def pipeline(bench: dict) -> list[str]:
+@block("pipeline", "python -m bench.run")
+def pipeline(pipe: dict, bench: dict) -> list[str]:
     """bench.run: the pipeline's stages, ours against plain TRL, padding."""
-    if "pipeline" not in bench:
-        return missing("pipeline", "python -m bench.run")
-    stages = bench["pipeline"]["stages"]
+    stages = pipe["stages"]
     by_time = sorted(stages.items(), key=lambda kv: -kv[1]["wall_seconds"])
     largest = max(stages.items(), key=lambda kv: kv[1]["peak_rss_mib"])
     training = [n for n in stages if "real_tokens_per_second" in stages[n]]
-    noop, orpo = bench["pipeline"]["noop_repro"], bench["pipeline"]["exp_run_method_orpo"]
+    noop, orpo = pipe["noop_repro"], pipe["exp_run_method_orpo"]
     tiny, qwen, pad = bench["ours_vs_trl"], bench["qwen2_0_5b_shaped"], bench["padding"]
     q32 = qwen["float32"]
     rows = [
-        ["full pipeline (sum of the stages)", f"{secs(bench['pipeline']['full_pipeline_wall_seconds'])}: " + ", ".join(
+        ["full pipeline (sum of the stages)", f"{secs(pipe['full_pipeline_wall_seconds'])}: " + ", ".join(
             f"{n} {s['wall_seconds']:.0f}" for n, s in by_time)],
         ["peak memory of a stage", f"{mib(largest[1]['peak_rss_mib'])} at most ({largest[0]})"],
         ["training tokens per second", ", ".join(f"{n} {stages[n]['real_tokens_per_second'] / 1000:.1f}k"
@@ -153,17 +155,15 @@ def pipeline(bench: dict) -> list[str]:
         [f"TRL {pad['dpo_padding_free']['trl_version']} DPO `padding_free=True`",
          "a no-op: the trainer turns it off and pads" if pad["dpo_padding_free"]["no_op"] else "takes effect"],
     ]
-    return [where(bench["pipeline"], tiny, qwen, pad, run=bench), ""] + table(["figure", "value"], rows)
+    return [where(pipe, tiny, qwen, pad, run=bench), ""] + table(["figure", "value"], rows)
 
 
-@block
-def data_scale(bench: dict) -> list[str]:
+@block("data_scale", "python -m bench.scale")
+def data_scale(scale: dict, bench: dict) -> list[str]:
     """bench.scale: fetch, prepare and tokenize at 10k, 100k and 1M pairs, streaming against before."""
-    if "data_scale" not in bench:
-        return missing("data_scale", "python -m bench.scale")
-    runs = [("streaming", bench["data_scale"]), ("before", bench.get("data_scale_before"))]
+    runs = [("streaming", scale), ("before", bench.get("data_scale_before"))]
     rows = []
-    for size in sorted(bench["data_scale"]["sizes"], key=int):
+    for size in sorted(scale["sizes"], key=int):
         for code, section in reversed(runs):
             if not section:
                 continue
@@ -177,10 +177,10 @@ def data_scale(bench: dict) -> list[str]:
                          secs(all3["wall_seconds"]), f"{all3['pairs_per_second']:.0f}",
                          f"{1e6 / all3['pairs_per_second']:.0f}",
                          f"{mib(all3['peak_rss_mib'])} / {mib(all3['peak_tree_pss_mib'])}"])
-    lines = [where(bench["data_scale"], bench.get("data_scale_before") or {}), ""] + table(
+    lines = [where(scale, bench.get("data_scale_before") or {}), ""] + table(
         ["pairs", "code", "fetch", "prepare", "tokenize", "all three", "pairs/s", "µs per pair",
          "peak memory: largest process / all processes"], rows)
-    now, before = bench["data_scale"]["sizes"], (bench.get("data_scale_before") or {}).get("sizes", {})
+    now, before = scale["sizes"], (bench.get("data_scale_before") or {}).get("sizes", {})
     common = [s for s in sorted(now, key=int) if s in before]
     if common:
         lines.append("")
@@ -197,7 +197,7 @@ def data_scale(bench: dict) -> list[str]:
                      f"the data): the largest process's peak {change(small['peak_rss_mib'], large['peak_rss_mib'])}, "
                      f"all processes' {change(small['peak_tree_pss_mib'], large['peak_tree_pss_mib'])}, the cost per "
                      f"pair {1e6 / small['pairs_per_second']:.0f} against {1e6 / large['pairs_per_second']:.0f} µs")
-    imports = bench["data_scale"].get("stage_imports")
+    imports = scale.get("stage_imports")
     if imports:
         light = [n for n, i in imports.items() if not i["imports"]]
         heavy = [i["import_seconds"] for i in imports.values() if i["imports"]]
@@ -208,12 +208,10 @@ def data_scale(bench: dict) -> list[str]:
     return lines
 
 
-@block
-def sweep(bench: dict) -> list[str]:
+@block("sweep", "python -m bench.sweep")
+def sweep(now: dict, bench: dict) -> list[str]:
     """bench.sweep at two commits, and bench.trainers' DPO with a precomputed reference."""
-    if "sweep" not in bench:
-        return missing("sweep", "python -m bench.sweep")
-    now, before, dpo = bench["sweep"], bench.get("sweep_before", {}), bench.get("dpo_precomputed_reference")
+    before, dpo = bench.get("sweep_before", {}), bench.get("dpo_precomputed_reference")
 
     def exp(section: dict, key: str) -> str:
         e = section.get(key)
@@ -244,11 +242,8 @@ def sweep(bench: dict) -> list[str]:
     return lines
 
 
-@block
-def evaluate_memory(bench: dict) -> list[str]:
-    e = bench.get("evaluate_memory")
-    if not e:
-        return missing("evaluate_memory", "python -m bench.evaluate_memory --before 8d09821")
+@block("evaluate_memory", "python -m bench.evaluate_memory --before 8d09821")
+def evaluate_memory(e: dict, bench: dict) -> list[str]:
     rows = [["peak RSS", mib(e["before"]["peak_rss_mib"]), mib(e["after"]["peak_rss_mib"]),
              f"{mib(e['peak_rss_saved_mib'])} less"],
             ["wall time", secs(e["before"]["wall_seconds"]), secs(e["after"]["wall_seconds"]),
@@ -259,11 +254,8 @@ def evaluate_memory(bench: dict) -> list[str]:
         ["evaluate", f"before (`{e['before_commit']}`)", "after", "change"], rows)
 
 
-@block
-def reward_ensemble(bench: dict) -> list[str]:
-    r = bench.get("reward_ensemble")
-    if not r:
-        return missing("reward_ensemble", "python -m bench.reward_ensemble --project .")
+@block("reward_ensemble", "python -m bench.reward_ensemble --project .")
+def reward_ensemble(r: dict, bench: dict) -> list[str]:
     k, sc = r["size"], r["scoring"]
     rows = [["training, per member", f"{secs(r['train_seconds_per_member'])} for {r['steps_per_member']} steps"],
             ["adapter, per member", f"{r['adapter_bytes_per_member']:,} bytes (one more score head on a shared "
@@ -275,16 +267,12 @@ def reward_ensemble(bench: dict) -> list[str]:
              f"{', '.join(f'{a:.3f}' for a in r['member_accuracy'])}; {r['ensemble_accuracy']:.3f}"],
             ["disagreement (std of normalized scores): SFT's answers, the policy's, rise",
              f"{r['rm_std_sft']:.3f}, {r['rm_std_policy']:.3f}, {r['rm_uncertainty_rise']:+.3f}"]]
-    steps = r.get("overrides", {})
-    return [where(r) + f" `--size {k}`, overrides {steps}"
+    return [where(r) + f" `--size {k}`, overrides {r.get('overrides', {})}"
             f"{' (--quick: a tiny scratch project)' if r.get('quick') else ''}.", ""] + table(["figure", "value"], rows)
 
 
-@block
-def evaluate_cost(bench: dict) -> list[str]:
-    c = bench.get("evaluate_cost")
-    if not c:
-        return missing("evaluate_cost", "python -m bench.evaluate_cost --project .")
+@block("evaluate_cost", "python -m bench.evaluate_cost --project .")
+def evaluate_cost(c: dict, bench: dict) -> list[str]:
     rows = [[f"`{n}`", secs(c[n]["wall_seconds"]), mib(c[n]["peak_rss_mib"])] for n in ("sft_answers", "evaluate")]
     return [where(c) + f" Inputs: {c['inputs']}. Prompts answered: {c['prompts_answered']}, answers up to "
             f"{c['max_new_tokens']} tokens. Oracle win rate {c['oracle_win_rate']:.2f}, 95% interval half-width "
@@ -292,11 +280,8 @@ def evaluate_cost(bench: dict) -> list[str]:
             ""] + table(["stage", "wall time", "peak RSS"], rows)
 
 
-@block
-def qlora(bench: dict) -> list[str]:
-    q = bench.get("qlora")
-    if not q:
-        return missing("qlora", "python -m bench.qlora")
+@block("qlora", "python -m bench.qlora")
+def qlora(q: dict, bench: dict) -> list[str]:
     lo, ql = q["lora"], q["qlora_4bit"]
     rows = [["model footprint (`get_memory_footprint()`)", mib(lo["loading_only"]["model_footprint_mib"]),
              mib(ql["loading_only"]["model_footprint_mib"]), f"{q['qlora_over_lora_model_footprint_ratio']:.2f}"],

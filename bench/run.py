@@ -8,7 +8,6 @@ Writes every figure, with its unit in its name, to one JSON file. Not part of th
 has to wait for other work to finish. bench/README.md says what each figure means.
 """
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -50,8 +49,8 @@ def main():
 
     started = time.perf_counter()
     versions = provenance()
-    report = {"quick": args.quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "git": git(), "device": machine.device(), "python": versions["python"], "versions": versions["versions"]}
+    report = {"quick": args.quick, **machine.stamp(git=False), "git": git(), "python": versions["python"],
+              "versions": versions["versions"]}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-") as tmp:
         tmp = Path(tmp)
         # -- 1. the pipeline, stage by stage, in a clone of the committed HEAD

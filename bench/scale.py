@@ -151,7 +151,7 @@ def main():
             if source != smallest:
                 source.unlink()
     section["stage_imports"] = stage_imports(args.code)
-    report[args.key] = {**section, **{k: v for k, v in machine.stamp().items() if k != "git"}}
+    report[args.key] = {**section, **machine.stamp(git=False)}
     write_json(args.out, report)
     print(json.dumps(section, indent=2))
 

@@ -70,7 +70,7 @@ def main():
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="rlhf-sweep-") as tmp:
         report[args.key] = {**report.get(args.key, {}), **run(args.rev, Path(tmp), not args.no_compare),
-                           **machine.stamp()}
+                           **machine.stamp(git=False)}  # `rev`: the commit measured
     write_json(args.out, report)
     print(json.dumps(report[args.key], indent=2))
 

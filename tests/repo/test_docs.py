@@ -22,10 +22,13 @@ def text_of(page) -> str:
     return re.sub(r"<!--.*?-->", "", page.read_text(), flags=re.S)
 
 
+def outside_fences(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
 def spans(text: str) -> list[str]:
     """Inline code spans outside fenced blocks."""
-    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    return re.findall(r"`([^`\n]+)`", prose)
+    return re.findall(r"`([^`\n]+)`", outside_fences(text))
 
 
 def code(text: str) -> list[str]:
@@ -152,9 +155,9 @@ GENERATED = {"results.md"}  # params.md is generated too, but from params.yaml's
 
 
 def measured_figures(text: str) -> list[str]:
-    prose = re.sub(r"<!-- bench\.report \w+ -->.*?<!-- /bench\.report -->", "", text, flags=re.S)
-    prose = re.sub(r"^```.*?^```", "", prose, flags=re.S | re.M)
-    prose = re.sub(r"`[^`\n]+`", "", prose)
+    from bench.report import BLOCK
+
+    prose = re.sub(r"`[^`\n]+`", "", outside_fences(BLOCK.sub("", text)))
     return [m for m in MEASURED.findall(prose) if m not in SETTINGS]
 
 
